@@ -1,0 +1,44 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   -> virtual environment, install, then every capability end to end on simulated data
+#   make test   -> virtual environment, install, then the test suite (real data from ../shared/data when present)
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+EXTRAS ?= test
+STAMP := $(VENV)/.chromtools-$(EXTRAS)
+DEMO_OUT ?= chromtools_demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test docs bench lint clean
+
+install: $(STAMP)
+
+# torch goes in first, pinned to the CPU build when none is present, so that nothing pulls CUDA wheels.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/chromtools demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+docs:
+	$(MAKE) install EXTRAS=doc
+	$(VENV)/bin/sphinx-build -W --keep-going -b html docs docs/_build/html
+
+bench:
+	$(MAKE) install EXTRAS=test,bench
+	$(PY) benchmarks/io.py
+
+lint:
+	$(MAKE) install EXTRAS=dev
+	$(VENV)/bin/ruff check src tests benchmarks && $(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf docs/_build docs/generated $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmark scripts: where the data is, machine facts, writing results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = Path(os.environ.get("CHROMTOOLS_DATA", ROOT.parent / "shared" / "data"))
+
+
+def require_data() -> Path:
+    if not DATA.is_dir():
+        sys.exit(f"benchmark needs the real data folder {DATA} (set CHROMTOOLS_DATA)")
+    return DATA
+
+
+def machine() -> dict:
+    import numpy
+    import torch
+
+    import chromtools
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "chromtools": chromtools.__version__,
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def timer():
+    t = {"start": time.perf_counter()}
+    yield t
+    t["seconds"] = time.perf_counter() - t["start"]
+
+
+def write_results(name: str, results: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,95 @@
+"""Small helpers shared by every namespace: atomic outputs, modality selection, seeding, timing."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike
+
+
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` only if the block succeeds.
+
+    The temporary file keeps the suffix of ``path`` (some writers look at it) and lives in the
+    same folder, so the final :func:`os.replace` is atomic. On any exception the temporary file
+    is removed and ``path`` is left untouched: no half-written output is ever visible.
+    """
+    path = Path(path)
+    if path.is_dir():
+        msg = f"Output path '{path}' is a directory; pass a file path."
+        raise IsADirectoryError(msg)
+    if not path.parent.exists():
+        msg = f"Output folder '{path.parent}' does not exist; create it first or pass another path."
+        raise FileNotFoundError(msg)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{''.join(path.suffixes[-1:])}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    tmp_path.unlink()  # writers such as pyBigWig create the file themselves
+    try:
+        yield tmp_path
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    else:
+        if not tmp_path.exists():
+            msg = f"Writer produced no file for '{path}'."
+            raise RuntimeError(msg)
+        os.replace(tmp_path, path)
+
+
+def get_modality(data: AnnData | MuData, mod: str | None = "atac") -> AnnData:
+    """Return the AnnData to work on: ``data`` itself, or modality ``mod`` of a MuData.
+
+    Follows muon's ``atac`` convention: a MuData without ``mod`` given falls back to its
+    ``'atac'`` modality.
+    """
+    from anndata import AnnData
+    from mudata import MuData
+
+    if isinstance(data, AnnData):
+        return data
+    if isinstance(data, MuData):
+        if mod is None:
+            mod = "atac"
+        if mod not in data.mod:
+            msg = f"MuData has no modality '{mod}' (it has {list(data.mod)}); pass mod=<one of these>."
+            raise KeyError(msg)
+        return data.mod[mod]
+    msg = f"Expected an AnnData or MuData object, got {type(data).__name__}."
+    raise TypeError(msg)
+
+
+def check_random_state(random_state: int | np.random.Generator | None) -> np.random.Generator:
+    """Turn an int seed, a Generator or None into a :class:`numpy.random.Generator`."""
+    if isinstance(random_state, np.random.Generator):
+        return random_state
+    if random_state is not None and not isinstance(random_state, int | np.integer):
+        msg = f"random_state must be an int, a numpy Generator or None, got {type(random_state).__name__}."
+        raise TypeError(msg)
+    return np.random.default_rng(random_state)
+
+
+@contextlib.contextmanager
+def log_time(message: str, log: logging.Logger | None = None) -> Iterator[None]:
+    """Log ``message`` when a block starts and its duration when it ends."""
+    log = log or logger
+    log.info("%s ...", message)
+    start = time.perf_counter()
+    yield
+    log.info("%s finished in %.1f s", message, time.perf_counter() - start)

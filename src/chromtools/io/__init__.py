@@ -1,0 +1,44 @@
+"""Input and output: bigWig tracks, BED/narrowPeak/bedGraph tables, fragments and peak matrices."""
+
+from ._bigwig import BigWigReader, BigWigWriter, read_bigwig, runs_from_values, write_bigwig
+from ._coverage import cut_site_runs, pseudobulk_coverage
+from ._fragments import fragments_path, iter_fragments, parse_region, read_fragments
+from ._intervals import (
+    read_bed,
+    read_bedgraph,
+    read_narrowpeak,
+    read_peaks,
+    validate_intervals,
+    write_bed,
+    write_bedgraph,
+    write_narrowpeak,
+)
+from ._peak_names import add_peak_coordinates, parse_peak_names
+from ._sizes import check_chrom_sizes, read_chrom_sizes, write_chrom_sizes
+
+__all__ = [
+    "BigWigReader",
+    "BigWigWriter",
+    "add_peak_coordinates",
+    "check_chrom_sizes",
+    "cut_site_runs",
+    "fragments_path",
+    "iter_fragments",
+    "parse_peak_names",
+    "parse_region",
+    "pseudobulk_coverage",
+    "read_bed",
+    "read_bedgraph",
+    "read_bigwig",
+    "read_chrom_sizes",
+    "read_fragments",
+    "read_narrowpeak",
+    "read_peaks",
+    "runs_from_values",
+    "validate_intervals",
+    "write_bed",
+    "write_bedgraph",
+    "write_bigwig",
+    "write_chrom_sizes",
+    "write_narrowpeak",
+]

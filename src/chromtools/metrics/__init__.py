@@ -1,0 +1,3 @@
+"""Metrics for tracks, peaks, label transfer and integration."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""Models built on scvi-tools base classes."""
+
+__all__: list[str] = []
