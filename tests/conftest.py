@@ -38,3 +38,38 @@ def leftovers():
         return sorted(p.name for p in Path(folder).iterdir() if ".tmp" in p.name)
 
     return find
+
+
+#: A small, quick version of the default denoiser used across the denoising tests.
+SMALL_ARCH = {"channels": 16, "dilations": (1, 2, 4, 8, 16)}
+
+
+@pytest.fixture(scope="session")
+def small_arch() -> dict:
+    return dict(SMALL_ARCH)
+
+
+@pytest.fixture(scope="session")
+def tiny_tracks(tmp_path_factory):
+    """A 0.6 Mb simulated genome: chr1 for training, chr2 for validation, chr3 (odd length) held out."""
+    import chromtools as ct
+
+    sizes = {"chr1": 400_000, "chr2": 200_000, "chr3": 123_457}
+    return ct.datasets.simulate_tracks(tmp_path_factory.mktemp("tiny_tracks"), chrom_sizes=sizes, random_state=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tracks):
+    import chromtools as ct
+
+    setup = ct.models.TrackDenoiser.setup_tracks(
+        tiny_tracks.noisy,
+        tiny_tracks.clean,
+        tiny_tracks.peaks,
+        val_chroms=["chr2"],
+        holdout_chroms=["chr3"],
+        window=8_192,
+    )
+    model = ct.models.TrackDenoiser(setup, **SMALL_ARCH)
+    model.train(max_epochs=6, batch_size=4, lr=5e-3, accelerator="cpu", progress=False, random_state=0)
+    return model

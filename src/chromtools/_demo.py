@@ -8,8 +8,8 @@ from pathlib import Path
 
 import matplotlib
 
-from . import datasets, pl
-from ._utils import PathLike, log_time
+from chromtools import datasets, metrics, models, pl, tl
+from chromtools._utils import PathLike, log_time
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +54,37 @@ def run_demo(out_dir: PathLike, *, fast: bool = False, random_state: int = 0) ->
         tc.write_h5ad(path)
     outputs["timecourse"] = str(path)
 
-    peak = sim.planted.loc[sim.planted["labelled"]].iloc[len(sim.planted) // 4]
+    # --- track denoising and peak calling --------------------------------------------------------
+    with log_time("Training a track denoiser (train chr1, validate chr2)", logger):
+        setup = models.TrackDenoiser.setup_tracks(sim.noisy, sim.clean, sim.peaks, val_chroms=["chr2"], window=50_000)
+        arch = {"channels": 16, "dilations": (1, 2, 4, 8, 16, 32, 64)} if fast else {}
+        denoiser = models.TrackDenoiser(setup, **arch)
+        denoiser.train(max_epochs=2 if fast else 12, progress=False, random_state=random_state)
+        denoiser.save(out / "denoiser_model", overwrite=True)
+    outputs["denoiser_model"] = str(out / "denoiser_model")
+    with log_time("Denoising the noisy track genome-wide", logger):
+        result = tl.denoise(sim.noisy, denoiser, out / "denoised" / "sim", progress=False)
+    outputs.update(
+        denoised_track=str(result.track), peak_probability=str(result.peakprob), denoised_peaks=str(result.peaks)
+    )
+    scores = {
+        "noisy": metrics.evaluate_denoising(sim.clean, sim.peaks, track=sim.noisy, chroms=["chr2"]),
+        "denoised": metrics.evaluate_denoising(
+            sim.clean, sim.peaks, track=result.track, peakprob=result.peakprob, peaks=result.peaks, chroms=["chr2"]
+        ),
+    }
+    path = out / "denoise_metrics.json"
+    path.write_text(json.dumps({k: {m: float(v) for m, v in d.items()} for k, d in scores.items()}, indent=2))
+    outputs["denoise_metrics"] = str(path)
+
+    peak = sim.planted.loc[sim.planted["labelled"] & (sim.planted["chrom"] == "chr2")].iloc[10]
     region = (str(peak["chrom"]), max(int(peak["centre"]) - 25_000, 0), int(peak["centre"]) + 25_000)
-    fig = pl.tracks({"noisy": sim.noisy, "clean": sim.clean}, region, peaks={"clean peaks": sim.peaks}, show=False)
+    fig = pl.tracks(
+        {"noisy": sim.noisy, "denoised": result.track, "clean": sim.clean, "peak probability": result.peakprob},
+        region,
+        peaks={"clean peaks": sim.peaks, "denoised calls": result.peaks},
+        show=False,
+    )
     path = out / "tracks.png"
     fig.savefig(path, dpi=120)
     outputs["tracks_figure"] = str(path)

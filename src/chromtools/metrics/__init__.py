@@ -1,3 +1,5 @@
 """Metrics for tracks, peaks, label transfer and integration."""
 
-__all__: list[str] = []
+from ._tracks import evaluate_denoising, peak_classification, peak_mask, peak_overlap, track_correlation
+
+__all__ = ["evaluate_denoising", "peak_classification", "peak_mask", "peak_overlap", "track_correlation"]

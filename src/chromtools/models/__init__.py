@@ -1,3 +1,5 @@
 """Models built on scvi-tools base classes."""
 
-__all__: list[str] = []
+from ._track_denoiser import TrackDenoiser
+
+__all__ = ["TrackDenoiser"]

@@ -1,3 +1,5 @@
 """Preprocessing: from counts and fragments to the inputs of chromtools tools."""
 
-__all__: list[str] = []
+from ._pairs import TrainingPair, training_pair
+
+__all__ = ["TrainingPair", "training_pair"]

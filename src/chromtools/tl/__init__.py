@@ -1,3 +1,7 @@
 """Tools: denoising, temporal clustering and reference mapping on AnnData/MuData."""
 
-__all__: list[str] = []
+from ._denoise import DenoiseResult, denoise, denoise_groups
+from ._macs3 import macs3_peaks
+from ._peaks import PeakStream, call_peaks
+
+__all__ = ["DenoiseResult", "PeakStream", "call_peaks", "denoise", "denoise_groups", "macs3_peaks"]

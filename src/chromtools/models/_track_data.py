@@ -1,0 +1,390 @@
+"""Training windows from (noisy, clean, peaks) bigWig/BED triples, streamed from disk."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from chromtools._utils import PathLike
+from chromtools.io import BigWigReader, check_chrom_sizes, read_chrom_sizes, read_peaks
+
+logger = logging.getLogger(__name__)
+
+# Keys of the tensors a batch carries (the module reads them by these names).
+X_KEY = "x"
+TARGET_KEY = "target"
+PEAKS_KEY = "peaks"
+MASK_KEY = "mask"
+
+
+def bigwig_mean(path: PathLike, chroms: Sequence[str] | None = None) -> float:
+    """Mean value per base of a bigWig over ``chroms`` (default: its whole header genome).
+
+    Used for depth scaling; it reads the stored runs, not per-base arrays, so it is fast.
+    """
+    with BigWigReader(path) as bw:
+        use = list(bw.chrom_sizes) if chroms is None else list(chroms)
+        total = 0.0
+        for c in use:
+            s, e, v = bw.intervals(c)
+            total += float(np.dot(e - s, v.astype(np.float64)))
+        length = sum(bw.chrom_sizes[c] for c in use)
+    return total / max(length, 1)
+
+
+class PeakMask:
+    """Per-base 0/1 peak labels from a BED/narrowPeak file, painted into any interval on demand."""
+
+    def __init__(self, path: PathLike, chrom_sizes: dict[str, int]):
+        peaks = read_peaks(path)
+        self.path = Path(path)
+        self._by_chrom: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for chrom, df in peaks.groupby("chrom", sort=False):
+            df = df.sort_values("start")
+            self._by_chrom[str(chrom)] = (df["start"].to_numpy(np.int64), df["end"].to_numpy(np.int64))
+        self.chroms = set(self._by_chrom)
+        self.n_peaks = len(peaks)
+        self.covered = sorted(self.chroms & set(chrom_sizes))
+
+    def paint(self, chrom: str, start: int, end: int) -> np.ndarray:
+        """0/1 float32 labels of ``chrom:[start, end)`` (positions outside the chromosome are 0)."""
+        out = np.zeros(end - start, np.float32)
+        if chrom not in self._by_chrom:
+            return out
+        starts, ends = self._by_chrom[chrom]
+        lo = np.searchsorted(ends, start, side="right")
+        hi = np.searchsorted(starts, end, side="left")
+        for s, e in zip(starts[lo:hi], ends[lo:hi], strict=True):
+            out[max(s, start) - start : min(e, end) - start] = 1.0
+        return out
+
+    def count(self, chroms: Sequence[str]) -> int:
+        """Number of labelled peaks on ``chroms``."""
+        return sum(self._by_chrom[c][0].size for c in chroms if c in self._by_chrom)
+
+
+@dataclass
+class TrackPair:
+    """One training sample: a noisy track, its clean counterpart, clean peak labels, extra inputs."""
+
+    noisy: Path
+    clean: Path
+    peaks: Path
+    extra: tuple[Path, ...] = ()
+    chrom_sizes: dict[str, int] = field(default_factory=dict)
+    noisy_mean: float = 0.0
+    clean_mean: float = 0.0
+    extra_means: tuple[float, ...] = ()
+    labels: PeakMask | None = None
+
+
+def read_window(bw: BigWigReader, chrom: str, start: int, end: int) -> np.ndarray:
+    """Values of ``chrom:[start, end)``, zero outside the chromosome (so windows may overhang its ends)."""
+    size = bw.chrom_sizes[chrom]
+    out = np.zeros(end - start, np.float32)
+    a, b = max(start, 0), min(end, size)
+    if a < b:
+        bw.values(chrom, a, b, out=out[a - start : b - start])
+    return out
+
+
+def tile(size: int, window: int) -> np.ndarray:
+    """Window starts covering ``[0, size)``; the last window may overhang the end (it is not dropped)."""
+    return np.arange(0, size, window, dtype=np.int64)
+
+
+def input_transform(x: np.ndarray, scale: float) -> np.ndarray:
+    """Depth-scale and log-compress a coverage track: ``log1p(x / scale)``."""
+    return np.log1p(np.maximum(x, 0) / scale).astype(np.float32)
+
+
+@dataclass
+class TrackSetup:
+    """Training pairs, the chromosome split and the windows drawn from them.
+
+    Made by :meth:`chromtools.models.TrackDenoiser.setup_tracks`; holds no signal in memory:
+    windows are read from the bigWigs when a batch is built.
+    """
+
+    pairs: list[TrackPair]
+    window: int
+    train_chroms: list[str]
+    val_chroms: list[str]
+    holdout_chroms: list[str]
+    train_windows: np.ndarray  # rows: pair index, chromosome index, start
+    val_windows: np.ndarray
+    chrom_names: list[str]
+    skip_empty: bool
+    smooth: int = 0
+
+    @property
+    def n_channels(self) -> int:
+        return 1 + len(self.pairs[0].extra)
+
+    @property
+    def genome(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for p in self.pairs:
+            out.update(p.chrom_sizes)
+        return out
+
+    def summary(self) -> pd.DataFrame:
+        """Windows and labelled peaks per split."""
+        rows = []
+        for name, chroms, wins in (
+            ("train", self.train_chroms, self.train_windows),
+            ("validation", self.val_chroms, self.val_windows),
+            ("holdout", self.holdout_chroms, np.zeros((0, 3), np.int64)),
+        ):
+            rows.append(
+                {
+                    "split": name,
+                    "chromosomes": ",".join(chroms),
+                    "windows": len(wins),
+                    "peaks": sum(p.labels.count(chroms) for p in self.pairs),
+                }
+            )
+        return pd.DataFrame(rows).set_index("split")
+
+
+def _smooth(x: np.ndarray, width: int) -> np.ndarray:
+    if width <= 1:
+        return x
+    kernel = np.ones(width, np.float32) / width
+    return np.convolve(x, kernel, mode="same").astype(np.float32)
+
+
+def make_setup(
+    noisy: Sequence[PathLike],
+    clean: Sequence[PathLike],
+    peaks: Sequence[PathLike],
+    *,
+    extra: Sequence[Sequence[PathLike]] | None,
+    val_chroms: Sequence[str],
+    holdout_chroms: Sequence[str],
+    train_chroms: Sequence[str] | None,
+    window: int,
+    skip_empty: bool,
+    smooth: int,
+) -> TrackSetup:
+    """Check the training triples and cut their chromosomes into windows (see ``TrackDenoiser.setup_tracks``)."""
+    if not (len(noisy) == len(clean) == len(peaks)):
+        msg = f"Give one clean track and one peaks file per noisy track (got {len(noisy)}, {len(clean)}, {len(peaks)})."
+        raise ValueError(msg)
+    if not noisy:
+        msg = "Give at least one (noisy, clean, peaks) training triple."
+        raise ValueError(msg)
+    extra = [tuple(e) for e in extra] if extra is not None else [() for _ in noisy]
+    if len(extra) != len(noisy) or len({len(e) for e in extra}) != 1:
+        msg = "extra must give the same number of extra input tracks for every training pair."
+        raise ValueError(msg)
+    if window <= 0:
+        msg = f"window must be positive, got {window}."
+        raise ValueError(msg)
+    pairs = []
+    for n, c, p, e in zip(noisy, clean, peaks, extra, strict=True):
+        sizes = read_chrom_sizes(n)
+        check_chrom_sizes(
+            read_chrom_sizes(c),
+            sizes,
+            found_name=f"clean bigWig '{Path(c).name}'",
+            expected_name=f"noisy bigWig '{Path(n).name}'",
+        )
+        for t in e:
+            check_chrom_sizes(
+                read_chrom_sizes(t),
+                sizes,
+                found_name=f"extra track '{Path(t).name}'",
+                expected_name=f"noisy bigWig '{Path(n).name}'",
+            )
+        labels = PeakMask(p, sizes)
+        if not labels.covered:
+            msg = (
+                f"Peaks file '{Path(p).name}' has no peak on the chromosomes of '{Path(n).name}' "
+                f"(peaks on {sorted(labels.chroms)[:5]}, tracks on {list(sizes)[:5]}); use the peaks of the same sample and genome."
+            )
+            raise ValueError(msg)
+        with BigWigReader(n) as bw:
+            if bw.is_empty():
+                msg = f"Noisy bigWig '{Path(n).name}' stores no data; check the file."
+                raise ValueError(msg)
+        pair = TrackPair(
+            noisy=Path(n),
+            clean=Path(c),
+            peaks=Path(p),
+            extra=tuple(Path(t) for t in e),
+            chrom_sizes=sizes,
+            noisy_mean=bigwig_mean(n),
+            clean_mean=bigwig_mean(c),
+            extra_means=tuple(bigwig_mean(t) for t in e),
+            labels=labels,
+        )
+        if pair.noisy_mean <= 0 or pair.clean_mean <= 0:
+            msg = f"Track pair '{Path(n).name}'/'{Path(c).name}' has no positive coverage."
+            raise ValueError(msg)
+        pairs.append(pair)
+
+    genome: dict[str, int] = {}
+    for p in pairs:
+        genome.update(p.chrom_sizes)
+    val_chroms, holdout_chroms = list(val_chroms), list(holdout_chroms)
+    for chrom in val_chroms + holdout_chroms:
+        if chrom not in genome:
+            msg = (
+                f"Validation/holdout chromosome '{chrom}' is not in the tracks' chromosome sizes ({list(genome)[:10]})."
+            )
+            raise KeyError(msg)
+    if set(val_chroms) & set(holdout_chroms):
+        msg = "A chromosome cannot be both a validation and a holdout chromosome."
+        raise ValueError(msg)
+    if train_chroms is None:
+        train_chroms = [c for c in genome if c not in val_chroms and c not in holdout_chroms]
+    else:
+        train_chroms = list(train_chroms)
+        bad = [c for c in train_chroms if c not in genome or c in val_chroms or c in holdout_chroms]
+        if bad:
+            msg = f"train_chroms {bad} are unknown or also used for validation/holdout."
+            raise ValueError(msg)
+    if not train_chroms:
+        msg = "No chromosome is left for training; give fewer val_chroms/holdout_chroms."
+        raise ValueError(msg)
+    if not val_chroms:
+        msg = "Give at least one validation chromosome (val_chroms=[...]): it chooses the best model."
+        raise ValueError(msg)
+
+    names = list(genome)
+    index = {c: i for i, c in enumerate(names)}
+
+    def windows_for(chroms: list[str]) -> np.ndarray:
+        rows = []
+        for pi, pair in enumerate(pairs):
+            with BigWigReader(pair.noisy) as bw:
+                for chrom in chroms:
+                    if chrom not in pair.chrom_sizes:
+                        continue
+                    for start in tile(pair.chrom_sizes[chrom], window):
+                        if skip_empty:
+                            end = min(start + window, pair.chrom_sizes[chrom])
+                            s, _, v = bw.intervals(chrom, int(start), int(end))
+                            if s.size == 0 or not np.any(v != 0):
+                                continue
+                        rows.append((pi, index[chrom], start))
+        return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+    train = windows_for(train_chroms)
+    val = windows_for(val_chroms)
+    if len(train) == 0:
+        msg = f"No non-empty training window on {train_chroms}; the noisy tracks hold no coverage there."
+        raise ValueError(msg)
+    if len(val) == 0:
+        msg = f"No non-empty validation window on {val_chroms}; pick validation chromosomes with coverage."
+        raise ValueError(msg)
+    return TrackSetup(
+        pairs=pairs,
+        window=window,
+        train_chroms=train_chroms,
+        val_chroms=val_chroms,
+        holdout_chroms=holdout_chroms,
+        train_windows=train,
+        val_windows=val,
+        chrom_names=names,
+        skip_empty=skip_empty,
+        smooth=smooth,
+    )
+
+
+class TrackWindows(Dataset):
+    """Padded windows of one split, read from the bigWigs on access.
+
+    With ``jitter=True`` (training) every access shifts the window by a random multiple of
+    ``bin_size`` (up to half a window), so each epoch sees new cuts of the training chromosomes,
+    and reverses it with probability 1/2: coverage has no direction, so a reversed window is an
+    equally valid example.
+    """
+
+    def __init__(self, setup: TrackSetup, windows: np.ndarray, *, pad: int, bin_size: int, jitter: bool):
+        self.setup = setup
+        self.windows = windows
+        self.pad = pad
+        self.bin_size = bin_size
+        self.jitter = jitter
+        self._readers: dict[Path, BigWigReader] = {}
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def _reader(self, path: Path) -> BigWigReader:
+        # opened lazily, per process, so the dataset can be used by DataLoader workers
+        if path not in self._readers:
+            self._readers[path] = BigWigReader(path)
+        return self._readers[path]
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        pi, ci, start = (int(v) for v in self.windows[i])
+        pair = self.setup.pairs[pi]
+        chrom = self.setup.chrom_names[ci]
+        window = self.setup.window
+        if self.jitter:
+            n_steps = max(window // (2 * self.bin_size), 1)
+            start += int(torch.randint(-n_steps, n_steps + 1, (1,))) * self.bin_size
+        lo, hi = start - self.pad, start + window + self.pad
+        size = pair.chrom_sizes[chrom]
+        channels = [
+            input_transform(
+                _smooth(read_window(self._reader(pair.noisy), chrom, lo, hi), self.setup.smooth), pair.noisy_mean
+            )
+        ]
+        for path, mean in zip(pair.extra, pair.extra_means, strict=True):
+            channels.append(input_transform(read_window(self._reader(path), chrom, lo, hi), mean))
+        target = read_window(self._reader(pair.clean), chrom, lo, hi) / pair.clean_mean
+        peaks = pair.labels.paint(chrom, lo, hi)
+        pos = np.arange(lo, hi)
+        mask = ((pos >= max(start, 0)) & (pos < min(start + window, size))).astype(np.float32)
+        x = np.stack(channels)
+        target = target.astype(np.float32)
+        if self.jitter and bool(torch.rand(1) < 0.5):
+            x, target, peaks, mask = x[:, ::-1], target[::-1], peaks[::-1], mask[::-1]
+        return {
+            X_KEY: torch.from_numpy(np.ascontiguousarray(x)),
+            TARGET_KEY: torch.from_numpy(np.ascontiguousarray(target)),
+            PEAKS_KEY: torch.from_numpy(np.ascontiguousarray(peaks)),
+            MASK_KEY: torch.from_numpy(np.ascontiguousarray(mask)),
+        }
+
+
+class TrackDataModule(LightningDataModule):
+    """Lightning data module over a :class:`TrackSetup` (training windows jittered, validation fixed)."""
+
+    def __init__(self, setup: TrackSetup, *, pad: int, bin_size: int, batch_size: int = 8, jitter: bool = True):
+        super().__init__()
+        if setup.window % bin_size or pad % bin_size:
+            msg = f"window ({setup.window}) and pad ({pad}) must be multiples of the model's bin size ({bin_size})."
+            raise ValueError(msg)
+        self.setup_ = setup
+        self.train_set = TrackWindows(setup, setup.train_windows, pad=pad, bin_size=bin_size, jitter=jitter)
+        self.val_set = TrackWindows(setup, setup.val_windows, pad=pad, bin_size=bin_size, jitter=False)
+        self.batch_size = batch_size
+        self.n_obs = len(self.train_set)
+        self.n_train = len(self.train_set)
+        self.n_val = len(self.val_set)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)
+
+
+def pad_for(receptive_field: int, bin_size: int) -> int:
+    """Smallest padding (a multiple of ``bin_size``) covering half the receptive field."""
+    half = math.ceil(receptive_field / 2)
+    return int(math.ceil(half / bin_size) * bin_size)

@@ -1,0 +1,457 @@
+"""``TrackDenoiser``: learn to turn a low-coverage ATAC track into the high-coverage track and its peaks."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import scvi
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from scvi.train import SaveCheckpoint
+
+from chromtools._docs import doc_params
+from chromtools._utils import PathLike, atomic_output
+from chromtools.models._track_data import TrackDataModule, TrackSetup, make_setup, pad_for
+from chromtools.models._track_module import AUPRC_METRIC, TrackDenoiserModule, TrackTrainingPlan
+
+logger = logging.getLogger(__name__)
+
+#: Version of the preprocessing spec layout; a saved model with another version is refused.
+SPEC_VERSION = 1
+
+
+def _quiet_lightning() -> None:
+    """Silence Lightning's start-up chatter and the notices that do not apply to window training."""
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=PossibleUserWarning)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+
+
+def _registry(n_channels: int, channel_names: list[str], window: int) -> dict:
+    """The minimal scvi-tools registry of a window model (no AnnData behind it)."""
+    return {
+        "scvi_version": scvi.__version__,
+        "model_name": "TrackDenoiser",
+        "setup_method_name": "setup_tracks",
+        "setup_args": {"window": window},
+        "field_registries": {
+            REGISTRY_KEYS.X_KEY: {
+                "data_registry": {"attr_name": "X", "attr_key": None},
+                "state_registry": {"n_obs": None, "n_vars": n_channels, "column_names": np.array(channel_names)},
+                "summary_stats": {"n_vars": n_channels},
+            },
+            REGISTRY_KEYS.BATCH_KEY: {
+                "data_registry": {"attr_name": "obs", "attr_key": "_scvi_batch"},
+                "state_registry": {"categorical_mapping": np.array(["all"]), "original_key": "batch"},
+                "summary_stats": {"n_batch": 1},
+            },
+        },
+    }
+
+
+class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
+    """Denoise low-coverage ATAC tracks and call peaks (the job of AtacWorks), on a CPU or a GPU.
+
+    A convolutional network reads a padded window of the noisy coverage (plus optional extra
+    tracks) and predicts, for every base, the high-coverage ("clean") coverage and the
+    probability that the base lies in a peak. Training pairs come from
+    :meth:`setup_tracks`; genome-wide inference is :func:`chromtools.tl.denoise`.
+
+    The preprocessing spec (window, padding, bin size, smoothing, depth scaling, the training
+    genome) travels with the model through :meth:`save`/:meth:`load` and is checked at inference.
+
+    Parameters
+    ----------
+    setup
+        Training data from :meth:`setup_tracks` (``None`` only when loading a saved model).
+    registry
+        Used by :meth:`load`; leave it out.
+    arch
+        ``'default'``: chromtools' binned dilated ResNet (computes on 16-bp bins with a 16-kb
+        receptive field, decodes back to single bases). ``'atacworks'``: the published AtacWorks
+        ResNet (5 residual blocks of 3 convolutions, kernel 51, dilation 8, 15 channels, and a
+        2-block peak head on the denoised track), for comparison.
+    pad
+        Context (bp) read on each side of a window; default half the receptive field, rounded up to
+        the bin size, which makes predictions independent of where windows are cut.
+    regression_loss
+        ``'mse'`` (on depth-normalised coverage), ``'mse_log'`` (on its log1p) or ``'poisson'``.
+    regression_weight, pearson_weight, peak_weight
+        Weights of the regression, ``1 - Pearson r`` and peak BCE terms.
+    depth_scaling
+        ``'mean'``: every input track is divided by its own mean coverage, so a model applies to
+        samples of other depths and its output is on the training clean/noisy depth ratio;
+        ``'none'``: absolute values, scaled by the training means.
+    **arch_kwargs
+        Passed to the network (e.g. ``channels=``, ``bin_size=``, ``dilations=``).
+
+    Examples
+    --------
+    >>> data = ct.models.TrackDenoiser.setup_tracks("noisy.bw", "clean.bw", "peaks.bed", val_chroms=["chr2"])
+    >>> model = ct.models.TrackDenoiser(data)
+    >>> model.train(max_epochs=20)
+    >>> ct.tl.denoise("other_noisy.bw", model, "out/sample")
+    """
+
+    _module_cls = TrackDenoiserModule
+    _training_plan_cls = TrackTrainingPlan
+
+    def __init__(
+        self,
+        setup: TrackSetup | None = None,
+        registry: dict | None = None,
+        *,
+        arch: Literal["default", "atacworks"] = "default",
+        pad: int | None = None,
+        regression_loss: Literal["mse", "mse_log", "poisson"] = "mse",
+        regression_weight: float = 0.05,
+        pearson_weight: float = 1.0,
+        peak_weight: float = 3.0,
+        depth_scaling: Literal["mean", "none"] = "mean",
+        **arch_kwargs,
+    ):
+        if setup is None and registry is None:
+            msg = "Give the training data from TrackDenoiser.setup_tracks(...), or load a saved model with TrackDenoiser.load()."
+            raise ValueError(msg)
+        if depth_scaling not in ("mean", "none"):
+            msg = f"depth_scaling must be 'mean' or 'none', got {depth_scaling!r}."
+            raise ValueError(msg)
+        if setup is not None:
+            channel_names = ["noisy"] + [f"extra_{i}" for i in range(setup.n_channels - 1)]
+            registry = _registry(setup.n_channels, channel_names, setup.window)
+        super().__init__(None, registry)
+        n_channels = self.summary_stats.n_vars
+        self.module = self._module_cls(
+            n_channels,
+            arch,
+            regression_loss=regression_loss,
+            regression_weight=regression_weight,
+            pearson_weight=pearson_weight,
+            peak_weight=peak_weight,
+            **arch_kwargs,
+        )
+        net = self.module.net
+        bin_size = int(net.bin_size)
+        pad = pad_for(net.receptive_field, bin_size) if pad is None else int(pad)
+        if pad % bin_size:
+            msg = f"pad ({pad}) must be a multiple of the bin size ({bin_size})."
+            raise ValueError(msg)
+        if pad * 2 < net.receptive_field - 1:
+            logger.warning(
+                "pad=%d covers less than half the receptive field (%d bp): predictions will depend on window cuts.",
+                pad,
+                net.receptive_field,
+            )
+        self._setup = setup
+        self.spec_ = {
+            "spec_version": SPEC_VERSION,
+            "arch": arch,
+            "arch_kwargs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in arch_kwargs.items()},
+            "n_channels": int(n_channels),
+            "window": int(setup.window) if setup is not None else int(registry["setup_args"]["window"]),
+            "pad": pad,
+            "bin_size": bin_size,
+            "receptive_field": int(net.receptive_field),
+            "depth_scaling": depth_scaling,
+        }
+        if setup is not None:
+            self.spec_.update(
+                {
+                    "smooth": int(setup.smooth),
+                    "noisy_mean": float(np.mean([p.noisy_mean for p in setup.pairs])),
+                    "clean_mean": float(np.mean([p.clean_mean for p in setup.pairs])),
+                    "extra_means": [float(np.mean(m)) for m in zip(*[p.extra_means for p in setup.pairs], strict=True)],
+                    "depth_ratio": float(np.mean([p.clean_mean / p.noisy_mean for p in setup.pairs])),
+                    "genome": {c: int(s) for c, s in setup.genome.items()},
+                    "train_chroms": list(setup.train_chroms),
+                    "val_chroms": list(setup.val_chroms),
+                    "holdout_chroms": list(setup.holdout_chroms),
+                    "training_pairs": [
+                        {
+                            "noisy": str(p.noisy),
+                            "clean": str(p.clean),
+                            "peaks": str(p.peaks),
+                            "extra": [str(e) for e in p.extra],
+                        }
+                        for p in setup.pairs
+                    ],
+                }
+            )
+        self.chromtools_version_ = _chromtools_version()
+        self._model_summary_string = (
+            f"TrackDenoiser(arch={arch!r}, parameters={sum(p.numel() for p in self.module.parameters()):,}, "
+            f"window={self.spec_['window']:,}, pad={pad:,}, bin_size={bin_size})"
+        )
+        params = self._get_init_params(locals())
+        params["non_kwargs"].pop("setup", None)
+        self.init_params_ = params
+
+    @classmethod
+    def setup_tracks(
+        cls,
+        noisy: PathLike | Sequence[PathLike],
+        clean: PathLike | Sequence[PathLike],
+        peaks: PathLike | Sequence[PathLike],
+        *,
+        val_chroms: Sequence[str],
+        holdout_chroms: Sequence[str] = (),
+        train_chroms: Sequence[str] | None = None,
+        extra: Sequence[Sequence[PathLike]] | None = None,
+        window: int = 50_000,
+        skip_empty: bool = True,
+        smooth: int = 0,
+    ) -> TrackSetup:
+        """Register (noisy, clean, peaks) training triples and split their chromosomes.
+
+        Parameters
+        ----------
+        noisy, clean, peaks
+            A low-coverage bigWig, the matching high-coverage bigWig and the clean peaks
+            (BED or narrowPeak) — or lists of them for several training pairs at once.
+        val_chroms
+            Chromosomes that choose the best model (per-base AUPRC of peak calls).
+        holdout_chroms
+            Chromosomes kept out of training and validation, for your own evaluation.
+        train_chroms
+            Training chromosomes; default every other chromosome of the tracks.
+        extra
+            For each pair, a list of extra input bigWigs (same genome), fed as further channels.
+        window
+            Window length (bp); every chromosome is tiled, its last partial window included.
+        skip_empty
+            Leave out windows where the noisy track has no coverage.
+        smooth
+            Width (bp) of a moving average applied to the noisy input (0: none).
+
+        Returns
+        -------
+        The training setup to pass to :class:`TrackDenoiser`.
+        """
+        as_list = lambda v: [v] if isinstance(v, str | Path) else list(v)
+        setup = make_setup(
+            as_list(noisy),
+            as_list(clean),
+            as_list(peaks),
+            extra=extra,
+            val_chroms=val_chroms,
+            holdout_chroms=holdout_chroms,
+            train_chroms=train_chroms,
+            window=window,
+            skip_empty=skip_empty,
+            smooth=smooth,
+        )
+        logger.info("Track training data:\n%s", setup.summary().to_string())
+        return setup
+
+    @classmethod
+    def setup_anndata(cls, adata, **kwargs) -> None:
+        """Not used: the denoiser trains on bigWig windows; register them with :meth:`setup_tracks`."""
+        msg = (
+            "TrackDenoiser trains on bigWig tracks, not on an AnnData: use TrackDenoiser.setup_tracks(noisy, clean, peaks, "
+            "val_chroms=...), or build pseudobulk tracks from fragments with ct.pp.training_pair(...)."
+        )
+        raise TypeError(msg)
+
+    @property
+    def spec(self) -> dict:
+        """The preprocessing spec saved with the model (read-only copy)."""
+        return json.loads(json.dumps(self.spec_))
+
+    @doc_params
+    def train(
+        self,
+        max_epochs: int = 20,
+        *,
+        batch_size: int = 4,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        early_stopping: bool = True,
+        patience: int = 6,
+        jitter: bool = True,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        random_state: int = 0,
+        progress: bool = True,
+        **trainer_kwargs,
+    ) -> None:
+        """Train on the windows of :meth:`setup_tracks`, keeping the epoch with the best validation AUPRC.
+
+        Parameters
+        ----------
+        max_epochs
+            Upper bound on epochs (passes over the training windows).
+        batch_size
+            Windows per batch.
+        lr
+            Learning rate of AdamW.
+        weight_decay
+            AdamW weight decay.
+        early_stopping
+            Stop when validation AUPRC has not improved for ``patience`` epochs.
+        patience
+            Epochs without improvement before stopping.
+        jitter
+            Shift training windows by a random number of bins at every access.
+        lr_schedule
+            ``'cosine'``: one epoch of warm-up, then cosine decay over ``max_epochs``;
+            ``'constant'``: a fixed learning rate.
+        {accelerator}
+        {devices}
+        {random_state}
+        {progress}
+        **trainer_kwargs
+            Passed to the scvi-tools/Lightning trainer.
+        """
+        if self._setup is None:
+            msg = "This model has no training data attached (it was loaded); build a new one from TrackDenoiser.setup_tracks()."
+            raise RuntimeError(msg)
+        _quiet_lightning()
+        scvi.settings.seed = random_state
+        datamodule = TrackDataModule(
+            self._setup, pad=self.spec_["pad"], bin_size=self.spec_["bin_size"], batch_size=batch_size, jitter=jitter
+        )
+        has_peaks = sum(p.labels.count(self._setup.val_chroms) for p in self._setup.pairs) > 0
+        if has_peaks:
+            monitor, mode = AUPRC_METRIC, "max"
+        else:
+            warnings.warn(
+                f"The validation chromosomes {self._setup.val_chroms} carry no labelled peak, so AUPRC is undefined; "
+                "the model with the lowest validation loss is kept instead. Pick validation chromosomes with peaks.",
+                UserWarning,
+                stacklevel=2,
+            )
+            monitor, mode = "validation_loss", "min"
+        with tempfile.TemporaryDirectory(prefix="ct_denoiser_ckpt_") as ckpt_dir:
+            checkpoint = SaveCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=mode, load_best_on_end=True)
+            scvi_level = scvi.settings.verbosity
+            scvi.settings.verbosity = logging.WARNING
+            try:
+                super().train(
+                    max_epochs=max_epochs,
+                    accelerator=accelerator,
+                    devices=devices,
+                    datamodule=datamodule,
+                    early_stopping=early_stopping,
+                    early_stopping_monitor=monitor,
+                    early_stopping_mode=mode,
+                    early_stopping_patience=patience,
+                    callbacks=[checkpoint, *trainer_kwargs.pop("callbacks", [])],
+                    enable_progress_bar=progress,
+                    check_val_every_n_epoch=1,
+                    plan_kwargs={
+                        "optimizer": "AdamW",
+                        "lr": lr,
+                        "weight_decay": weight_decay,
+                        "log_auprc": has_peaks,
+                        "cosine_epochs": max_epochs if lr_schedule == "cosine" else None,
+                    },
+                    **trainer_kwargs,
+                )
+            finally:
+                scvi.settings.verbosity = scvi_level
+            self.best_score_ = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+        self.spec_["monitor"] = monitor
+        self.module.eval()
+        self._calibrate_threshold(datamodule)
+
+    @torch.inference_mode()
+    def _calibrate_threshold(self, datamodule: TrackDataModule, stride: int = 4) -> None:
+        """Store the probability threshold that maximises per-base F1 of peak calls on the training windows.
+
+        BCE on rare positives (a few % of bases) gives conservative probabilities, so 0.5 is rarely
+        the best cut. The training chromosomes are used, not the validation ones, so the threshold
+        does not see the data the model is chosen and judged on.
+        """
+        from torch.utils.data import DataLoader
+
+        from chromtools.models._track_data import MASK_KEY, PEAKS_KEY, X_KEY, TrackWindows
+
+        windows = TrackWindows(
+            self._setup, self._setup.train_windows, pad=self.spec_["pad"], bin_size=self.spec_["bin_size"], jitter=False
+        )
+        scores, labels = [], []
+        for batch in DataLoader(windows, batch_size=datamodule.batch_size):
+            _, probs = self.predict_windows(batch[X_KEY].numpy())
+            keep = batch[MASK_KEY].numpy()[:, ::stride] > 0
+            scores.append(probs[:, ::stride][keep])
+            labels.append(batch[PEAKS_KEY].numpy()[:, ::stride][keep] > 0)
+        scores, labels = np.concatenate(scores), np.concatenate(labels)
+        grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+        f1 = []
+        for t in grid:
+            called = scores >= t
+            tp = np.sum(called & labels)
+            f1.append(2 * tp / max(called.sum() + labels.sum(), 1))
+        best = int(np.argmax(f1))
+        self.spec_["peak_threshold"] = float(grid[best])
+        self.spec_["peak_threshold_train_f1"] = float(f1[best])
+        logger.info("Peak threshold %.2f (per-base F1 %.3f on the training windows)", grid[best], f1[best])
+
+    @torch.inference_mode()
+    def predict_windows(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Run the network on transformed input windows ``(batch, channels, length)``.
+
+        Returns the denoised track in depth-normalised units and the peak probabilities, each
+        ``(batch, length)``. Most users want :func:`chromtools.tl.denoise` instead.
+        """
+        self.module.eval()
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        out = self.module.inference(t)
+        probs = torch.sigmoid(out["logits"])
+        return out["track"].float().cpu().numpy(), probs.float().cpu().numpy()
+
+    def save(self, dir_path: PathLike, *, overwrite: bool = False, **kwargs) -> None:
+        """Save weights and preprocessing spec to ``dir_path`` (``model.pt`` and a readable ``spec.json``)."""
+        dir_path = Path(dir_path)
+        kwargs["save_anndata"] = False  # there is no AnnData behind a window model
+        super().save(str(dir_path), overwrite=overwrite, **kwargs)
+        with atomic_output(dir_path / "spec.json") as tmp:
+            tmp.write_text(json.dumps(self.spec_, indent=2) + "\n")
+
+    @classmethod
+    def load(
+        cls, dir_path: PathLike, *, accelerator: str = "auto", device: int | str = "auto", **kwargs
+    ) -> TrackDenoiser:
+        """Load a model saved with :meth:`save`, refusing specs this version cannot read."""
+        dir_path = Path(dir_path)
+        model_file = dir_path / "model.pt"
+        if not model_file.exists():
+            msg = f"No saved model in '{dir_path}' (model.pt is missing); pass the folder given to model.save()."
+            raise FileNotFoundError(msg)
+        attrs = torch.load(model_file, map_location="cpu", weights_only=False)["attr_dict"]
+        spec = attrs.get("spec_", {})
+        if spec.get("spec_version") != SPEC_VERSION:
+            msg = (
+                f"'{dir_path}' holds a TrackDenoiser with spec version {spec.get('spec_version')} (saved by chromtools "
+                f"{attrs.get('chromtools_version_', 'unknown')}); this chromtools ({_chromtools_version()}) reads "
+                f"version {SPEC_VERSION}. Retrain the model or use the chromtools version that saved it."
+            )
+            raise ValueError(msg)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*no saved anndata.*")
+            scvi_level = scvi.settings.verbosity
+            scvi.settings.verbosity = logging.WARNING
+            try:
+                model = super().load(str(dir_path), adata=None, accelerator=accelerator, device=device, **kwargs)
+            finally:
+                scvi.settings.verbosity = scvi_level
+        model.module.eval()
+        return model
+
+
+def _chromtools_version() -> str:
+    from chromtools import __version__
+
+    return __version__

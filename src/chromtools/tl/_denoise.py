@@ -1,0 +1,467 @@
+"""Genome-wide denoising: stream a noisy bigWig through a TrackDenoiser into bigWigs and narrowPeak peaks."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from chromtools._docs import doc_params
+from chromtools._utils import PathLike
+from chromtools.io import BigWigReader, BigWigWriter, check_chrom_sizes, read_chrom_sizes, write_narrowpeak
+from chromtools.models import TrackDenoiser
+from chromtools.models._track_data import bigwig_mean, input_transform, read_window, tile
+from chromtools.tl._peaks import PeakStream, name_peaks
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DenoiseResult:
+    """What :func:`denoise` wrote and measured.
+
+    Attributes
+    ----------
+    track
+        Denoised coverage bigWig.
+    peakprob
+        Per-base peak probability bigWig.
+    peaks
+        narrowPeak file of the called peaks.
+    peak_table
+        The peaks as a DataFrame (narrowPeak columns plus ``max_prob``, ``mean_prob``,
+        ``summit``, ``summit_value``).
+    n_bases
+        Bases processed.
+    seconds
+        Wall time.
+    """
+
+    track: Path
+    peakprob: Path
+    peaks: Path
+    peak_table: pd.DataFrame
+    n_bases: int
+    seconds: float
+    params: dict = field(default_factory=dict)
+
+    @property
+    def bases_per_second(self) -> float:
+        """Throughput of the whole run (reading, network, writing, peak calling)."""
+        return self.n_bases / max(self.seconds, 1e-9)
+
+
+def _resolve_device(accelerator: str, devices) -> torch.device:
+    from scvi.model._utils import parse_device_args
+
+    _, _, device = parse_device_args(accelerator, devices, return_device="torch", validate_single_device=True)
+    return device
+
+
+def _check_inputs(
+    noisy: Path,
+    spec: dict,
+    extra: Sequence[PathLike],
+    chrom_sizes: PathLike | Mapping[str, int] | None,
+    chroms: Sequence[str] | None,
+    check_genome: bool,
+) -> dict[str, int]:
+    with BigWigReader(noisy) as bw:
+        header = dict(bw.chrom_sizes)
+        if bw.is_empty():
+            msg = f"Noisy bigWig '{noisy.name}' stores no data (an empty track); check how it was made."
+            raise ValueError(msg)
+    if chrom_sizes is not None:
+        sizes = read_chrom_sizes(chrom_sizes)
+        check_chrom_sizes(
+            header, sizes, found_name=f"bigWig '{noisy.name}'", expected_name="chrom_sizes", chroms=chroms
+        )
+    else:
+        sizes = header
+    if chroms is not None:
+        missing = [c for c in chroms if c not in sizes]
+        if missing:
+            msg = f"Chromosomes {missing} are absent from the chromosome sizes ({list(sizes)[:10]}); fix chroms=... or the sizes."
+            raise KeyError(msg)
+        missing = [c for c in chroms if c not in header]
+        if missing:
+            msg = f"Chromosomes {missing} are not in bigWig '{noisy.name}'; fix chroms=... or use the right track."
+            raise KeyError(msg)
+        sizes = {c: sizes[c] for c in chroms}
+    else:
+        sizes = {c: s for c, s in sizes.items() if c in header}
+    if check_genome and spec.get("genome"):
+        trained = spec["genome"]
+        clash = {c: (s, trained[c]) for c, s in sizes.items() if c in trained and trained[c] != s}
+        if clash:
+            c, (s, t) = next(iter(clash.items()))
+            msg = (
+                f"Chromosome '{c}' is {s:,} bp in '{noisy.name}' but {t:,} bp in the model's training genome: the track "
+                "and the model come from different assemblies (e.g. hg19 vs hg38). Use a model trained on this assembly, "
+                "or pass check_genome=False if the names mean the same sequences."
+            )
+            raise ValueError(msg)
+    n_extra = spec["n_channels"] - 1
+    if len(extra) != n_extra:
+        msg = f"The model was trained with {n_extra} extra input track(s); pass exactly that many with extra=[...], got {len(extra)}."
+        raise ValueError(msg)
+    for path in extra:
+        check_chrom_sizes(
+            read_chrom_sizes(path),
+            sizes,
+            found_name=f"extra track '{Path(path).name}'",
+            expected_name=f"'{noisy.name}'",
+        )
+    return sizes
+
+
+def _round(values: np.ndarray, decimals: int | None) -> np.ndarray:
+    return values if decimals is None else np.round(values, decimals)
+
+
+@doc_params
+def denoise(
+    noisy: PathLike,
+    model: TrackDenoiser | PathLike,
+    out_prefix: PathLike,
+    *,
+    extra: Sequence[PathLike] = (),
+    chrom_sizes: PathLike | Mapping[str, int] | None = None,
+    chroms: Sequence[str] | None = None,
+    window: int | None = None,
+    batch_size: int = 8,
+    threshold: float | None = None,
+    merge_gap: int = 50,
+    min_length: int = 50,
+    decimals: int | None = 1,
+    check_genome: bool = True,
+    accelerator: str = "auto",
+    devices: int | list[int] | str = "auto",
+    progress: bool = True,
+) -> DenoiseResult:
+    """Denoise a low-coverage ATAC bigWig genome-wide and call peaks.
+
+    Chromosomes are tiled into windows read with the model's padding on both sides (zeros past
+    the chromosome ends), so every base gets a prediction — chromosome tails included — and the
+    output does not depend on the window size. Windows are processed in batches and written as
+    they come: memory grows with ``batch_size``, not with the genome. Windows whose padded input
+    is all zero take the model's (constant) prediction for empty input without running it.
+
+    Parameters
+    ----------
+    noisy
+        Low-coverage coverage bigWig.
+    model
+        A trained :class:`~chromtools.models.TrackDenoiser` or the folder it was saved to.
+    out_prefix
+        Writes ``{{out_prefix}}.track.bw`` (denoised coverage), ``{{out_prefix}}.peakprob.bw``
+        (peak probability) and ``{{out_prefix}}.peaks.narrowPeak``; the folder is created.
+    extra
+        Extra input tracks, if the model was trained with them (same order).
+    chrom_sizes
+        Genome sizes; must agree with the bigWig header. Default: the header.
+    chroms
+        Chromosomes to process; default all in the header (and in ``chrom_sizes``).
+    window
+        Window length (bp), a multiple of the model's bin size; default the training window.
+    batch_size
+        Windows per forward pass.
+    threshold
+        Peak probability at or above which a base is in a peak; default the threshold chosen when
+        the model was trained (best per-base F1 on its training windows), or 0.5.
+    merge_gap
+        Peaks closer than this (bp) are merged.
+    min_length
+        Peaks shorter than this (bp) are dropped.
+    decimals
+        Decimals kept in the denoised track (``None``: full float32); rounding makes the bigWig
+        smaller and faster to write. Probabilities keep 3 decimals.
+    check_genome
+        Refuse chromosomes whose length differs from the model's training genome.
+    {accelerator}
+    {devices}
+    {progress}
+
+    Returns
+    -------
+    The output paths, the peak table and the throughput.
+    """
+    t0 = time.perf_counter()
+    noisy = Path(noisy)
+    if not isinstance(model, TrackDenoiser):
+        model = TrackDenoiser.load(model)
+    spec = model.spec_
+    if threshold is None:
+        threshold = float(spec.get("peak_threshold", 0.5))
+    sizes = _check_inputs(noisy, spec, list(extra), chrom_sizes, chroms, check_genome)
+    bin_size, pad = spec["bin_size"], spec["pad"]
+    window = spec["window"] if window is None else int(window)
+    if window <= 0 or window % bin_size:
+        msg = f"window must be a positive multiple of the model's bin size ({bin_size} bp), got {window}."
+        raise ValueError(msg)
+    if batch_size < 1:
+        msg = f"batch_size must be >= 1, got {batch_size}."
+        raise ValueError(msg)
+
+    if spec["depth_scaling"] == "mean":
+        in_scale = bigwig_mean(noisy)
+        extra_scales = [bigwig_mean(p) for p in extra]
+        out_scale = in_scale * spec["depth_ratio"]
+    else:
+        in_scale, extra_scales, out_scale = spec["noisy_mean"], list(spec["extra_means"]), spec["clean_mean"]
+    if in_scale <= 0:
+        msg = f"Noisy bigWig '{noisy.name}' has no positive coverage."
+        raise ValueError(msg)
+
+    device = _resolve_device(accelerator, devices)
+    model.module.to(device)
+    model.module.eval()
+    smooth = int(spec.get("smooth", 0))
+    span = window + 2 * pad
+    n_channels = spec["n_channels"]
+    # The prediction for an all-zero input is the same everywhere (pad covers the receptive field).
+    empty_track, empty_probs = model.predict_windows(np.zeros((1, n_channels, span), np.float32))
+    empty_track = _round(empty_track[0, pad : pad + window] * out_scale, decimals).astype(np.float32)
+    empty_probs = np.round(empty_probs[0, pad : pad + window], 3).astype(np.float32)
+
+    out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    paths = {k: Path(f"{out_prefix}.{k}") for k in ("track.bw", "peakprob.bw", "peaks.narrowPeak")}
+    n_windows = sum(len(tile(s, window)) for s in sizes.values())
+    readers = [BigWigReader(noisy)] + [BigWigReader(p) for p in extra]
+    scales = [in_scale, *extra_scales]
+    peak_tables = []
+    n_run = 0
+    bar = tqdm(total=n_windows, desc="denoise", unit="win", disable=not progress)
+    try:
+        with BigWigWriter(paths["track.bw"], sizes) as out_track, BigWigWriter(paths["peakprob.bw"], sizes) as out_prob:
+            for chrom, size in sizes.items():
+                caller = PeakStream(chrom, threshold=threshold, merge_gap=merge_gap, min_length=min_length)
+                starts = tile(size, window)
+                for b in range(0, len(starts), batch_size):
+                    batch_starts = starts[b : b + batch_size]
+                    x = np.zeros((len(batch_starts), n_channels, span), np.float32)
+                    for i, s in enumerate(batch_starts):
+                        for c, (reader, scale) in enumerate(zip(readers, scales, strict=True)):
+                            raw = read_window(reader, chrom, int(s) - pad, int(s) + window + pad)
+                            if c == 0 and smooth > 1:
+                                raw = np.convolve(raw, np.ones(smooth, np.float32) / smooth, mode="same").astype(
+                                    np.float32
+                                )
+                            x[i, c] = input_transform(raw, scale)
+                    busy = np.flatnonzero(x.reshape(len(batch_starts), -1).any(axis=1))
+                    if busy.size:
+                        track, probs = model.predict_windows(x[busy])
+                        n_run += busy.size
+                    for i, s in enumerate(batch_starts):
+                        s = int(s)
+                        n = min(window, size - s)
+                        j = np.searchsorted(busy, i)
+                        if j < busy.size and busy[j] == i:
+                            t = _round(track[j, pad : pad + n] * out_scale, decimals).astype(np.float32)
+                            p = np.round(probs[j, pad : pad + n], 3).astype(np.float32)
+                        else:
+                            t, p = empty_track[:n], empty_probs[:n]
+                        out_track.add(chrom, t, start=s)
+                        out_prob.add(chrom, p, start=s)
+                        caller.feed(s, p, t)
+                    bar.update(len(batch_starts))
+                peak_tables.append(caller.finish())
+    finally:
+        bar.close()
+        for r in readers:
+            r.close()
+    peaks = name_peaks(pd.concat(peak_tables, ignore_index=True) if peak_tables else pd.DataFrame())
+    write_narrowpeak(peaks, paths["peaks.narrowPeak"]) if len(peaks) else _write_empty(paths["peaks.narrowPeak"])
+    seconds = time.perf_counter() - t0
+    n_bases = int(sum(sizes.values()))
+    logger.info(
+        "Denoised %s bp of '%s' in %.1f s (%.2f M bp/s, %d of %d windows run), %d peaks",
+        f"{n_bases:,}",
+        noisy.name,
+        seconds,
+        n_bases / seconds / 1e6,
+        n_run,
+        n_windows,
+        len(peaks),
+    )
+    params = {
+        "threshold": threshold,
+        "merge_gap": merge_gap,
+        "min_length": min_length,
+        "window": window,
+        "pad": pad,
+        "batch_size": batch_size,
+        "decimals": decimals,
+        "input_scale": in_scale,
+        "output_scale": out_scale,
+        "windows_run": int(n_run),
+        "windows_total": int(n_windows),
+    }
+    return DenoiseResult(
+        track=paths["track.bw"],
+        peakprob=paths["peakprob.bw"],
+        peaks=paths["peaks.narrowPeak"],
+        peak_table=peaks,
+        n_bases=n_bases,
+        seconds=seconds,
+        params=params,
+    )
+
+
+def _write_empty(path: Path) -> None:
+    from chromtools._utils import atomic_output
+
+    with atomic_output(path) as tmp:
+        tmp.write_text("")
+
+
+@doc_params
+def denoise_groups(
+    data,
+    model: TrackDenoiser | PathLike,
+    groupby: str,
+    *,
+    out_dir: PathLike,
+    groups: Sequence[str] | None = None,
+    n_cells: int | None = None,
+    fragments: PathLike | None = None,
+    chrom_sizes: PathLike | Mapping[str, int] | None = None,
+    chroms: Sequence[str] | None = None,
+    smooth: int = 200,
+    threshold: float | None = None,
+    merge_gap: int = 50,
+    min_length: int = 50,
+    check_genome: bool = True,
+    key_added: str = "ct_denoise",
+    random_state: int = 0,
+    mod: str | None = None,
+    copy: bool = False,
+    accelerator: str = "auto",
+    devices: int | list[int] | str = "auto",
+    progress: bool = True,
+):
+    """Denoise the pseudobulk coverage of every cell group and call its peaks.
+
+    Builds cut-site coverage per group from the fragments (:func:`chromtools.io.pseudobulk_coverage`),
+    runs :func:`denoise` on each, and records everything in the AnnData.
+
+    Parameters
+    ----------
+    {data}
+    model
+        A trained :class:`~chromtools.models.TrackDenoiser` or its folder.
+    groupby
+        Column of ``obs`` with the groups (cell types, clusters ...).
+    out_dir
+        Folder for the per-group coverage, denoised tracks and peaks.
+    groups
+        Groups to denoise; default all.
+    n_cells
+        Use only this many random cells per group (e.g. to match the model's training depth).
+    fragments
+        Fragments file; default ``uns['files']['fragments']``.
+    chrom_sizes
+        Genome sizes; default inferred from the fragments.
+    chroms
+        Chromosomes to process.
+    smooth
+        Cut-site window (bp) of the coverage, as used for the model's training tracks.
+    threshold, merge_gap, min_length
+        Peak calling rules of :func:`denoise`.
+    check_genome
+        Refuse chromosomes whose length differs from the model's training genome (pass ``False``
+        to apply a model trained on another assembly).
+    {key_added}
+    {random_state}
+    {mod}
+    {copy}
+    {accelerator}
+    {devices}
+    {progress}
+
+    Returns
+    -------
+    Writes ``adata.uns['ct_denoise' | key_added]`` with ``params``, ``outputs`` (a DataFrame
+    indexed by group: cells, fragments, coverage/denoised/probability/peak paths, peak count,
+    throughput) and ``peaks`` (group → peak table). For a MuData the modality ``mod`` is written.
+    Returns the object when ``copy=True``, else ``None``.
+    """
+    from chromtools._utils import get_modality
+    from chromtools.io import pseudobulk_coverage
+
+    data = data.copy() if copy else data
+    adata = get_modality(data, mod)
+    if not isinstance(model, TrackDenoiser):
+        model = TrackDenoiser.load(model)
+    out_dir = Path(out_dir)
+    coverage = pseudobulk_coverage(
+        data,
+        groupby,
+        out_dir / "coverage",
+        fragments=fragments,
+        groups=groups,
+        n_cells=n_cells,
+        chrom_sizes=chrom_sizes,
+        chroms=chroms,
+        smooth=smooth,
+        random_state=random_state,
+        mod=mod,
+        progress=progress,
+    )
+    rows, tables = [], {}
+    for group, row in coverage.iterrows():
+        res = denoise(
+            row["path"],
+            model,
+            out_dir / "denoised" / Path(row["path"]).stem,
+            chroms=chroms,
+            threshold=threshold,
+            merge_gap=merge_gap,
+            min_length=min_length,
+            check_genome=check_genome,
+            accelerator=accelerator,
+            devices=devices,
+            progress=progress,
+        )
+        rows.append(
+            {
+                "group": str(group),
+                "n_cells": int(row["n_cells"]),
+                "n_fragments": int(row["n_fragments"]),
+                "coverage": str(row["path"]),
+                "track": str(res.track),
+                "peakprob": str(res.peakprob),
+                "peaks": str(res.peaks),
+                "n_peaks": len(res.peak_table),
+                "bases_per_second": res.bases_per_second,
+            }
+        )
+        table = res.peak_table.copy()
+        table["chrom"] = table["chrom"].astype(str)
+        tables[str(group)] = table
+    adata.uns[key_added] = {
+        "params": {
+            "groupby": groupby,
+            "groups": [str(g) for g in coverage.index],
+            "n_cells": -1 if n_cells is None else int(n_cells),
+            "smooth": int(smooth),
+            "threshold": float(threshold) if threshold is not None else float(model.spec_.get("peak_threshold", 0.5)),
+            "merge_gap": int(merge_gap),
+            "min_length": int(min_length),
+            "check_genome": bool(check_genome),
+            "random_state": int(random_state),
+            "model_arch": model.spec_["arch"],
+            "out_dir": str(out_dir),
+        },
+        "outputs": pd.DataFrame(rows).set_index("group"),
+        "peaks": tables,
+    }
+    return data if copy else None

@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import chromtools as ct
+from chromtools.models._track_data import PEAKS_KEY, TARGET_KEY, TrackDataModule
+from chromtools.models._track_module import masked_pearson
+from chromtools.models._track_nets import AtacWorksNet, BinnedDilatedNet
+
+
+def test_atacworks_architecture_is_the_published_one():
+    net = AtacWorksNet()
+    assert 215_000 < sum(p.numel() for p in net.parameters()) < 225_000
+    assert len(net.regression) == 5 and len(net.peak) == 2
+    conv = net.regression[1].conv2
+    assert conv.kernel_size == (51,) and conv.dilation == (8,) and conv.out_channels == 15
+    # the peak tower reads the one-channel denoised track
+    assert net.peak[0].conv1.in_channels == 1
+    track, logits = net(torch.rand(2, 1, 1_000))
+    assert track.shape == logits.shape == (2, 1_000) and (track >= 0).all()
+
+
+def test_default_net_is_binned_and_cheaper():
+    net = BinnedDilatedNet()
+    aw = AtacWorksNet()
+    assert net.bin_size == 16 and net.receptive_field > 1.5 * aw.receptive_field
+    x = torch.rand(1, 1, 4_096)
+    track, logits = net(x)
+    assert track.shape == (1, 4_096) and (track >= 0).all()
+    with pytest.raises(ValueError, match="multiple of bin_size"):
+        net(torch.rand(1, 1, 4_100))
+
+
+def test_pearson_and_loss_terms(small_arch):
+    rng = np.random.default_rng(0)
+    a, b = rng.random((2, 50)), rng.random((2, 50))
+    mask = np.ones((2, 50))
+    mask[:, :10] = 0
+    r = masked_pearson(torch.tensor(a), torch.tensor(b), torch.tensor(mask))
+    assert np.isclose(float(r), np.corrcoef(a[:, 10:].ravel(), b[:, 10:].ravel())[0, 1])
+    module = ct.models.TrackDenoiser._module_cls(1, "default", **small_arch)
+    target = torch.rand(2, 64) * 5
+    tensors = {
+        TARGET_KEY: target,
+        PEAKS_KEY: (target > 2.5).float(),
+        "mask": torch.ones(2, 64),
+        "x": torch.zeros(2, 1, 64),
+    }
+    perfect = {"track": target, "logits": torch.where(target > 2.5, 20.0, -20.0)}
+    out = module.loss(tensors, perfect, perfect)
+    assert float(out.extra_metrics["regression"]) < 1e-10 and abs(float(out.extra_metrics["pearson"]) - 1) < 1e-6
+    assert float(out.loss) < 1e-3
+
+
+def test_setup_tracks_split_and_windows(tiny_tracks):
+    setup = ct.models.TrackDenoiser.setup_tracks(
+        tiny_tracks.noisy,
+        tiny_tracks.clean,
+        tiny_tracks.peaks,
+        val_chroms=["chr2"],
+        holdout_chroms=["chr3"],
+        window=10_000,
+    )
+    assert setup.train_chroms == ["chr1"] and setup.val_chroms == ["chr2"]
+    summary = setup.summary()
+    assert summary.loc["train", "windows"] <= 40 and summary.loc["validation", "windows"] <= 20
+    assert summary.loc["train", "peaks"] > 10
+    dm = TrackDataModule(setup, pad=512, bin_size=16, batch_size=2, jitter=False)
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["x"].shape == (2, 1, 11_024) and batch["mask"][:, 512:-512].all() and not batch["mask"][:, :512].any()
+    # the clean target is normalised by the clean track's mean coverage
+    assert 0.2 < float(batch[TARGET_KEY][batch["mask"] > 0].mean()) < 20
+
+
+def test_training_learns_and_keeps_best_epoch(tiny_model):
+    auprc = tiny_model.history["auprc_validation"].astype(float).iloc[:, 0]
+    assert auprc.max() > 0.5  # peak bases are ~3 % of the genome: a random ranking scores ~0.03
+    assert tiny_model.best_score_ == pytest.approx(auprc.max(), rel=1e-6)
+    assert tiny_model.is_trained_
+
+
+def test_training_is_seeded(tiny_tracks):
+    def run():
+        setup = ct.models.TrackDenoiser.setup_tracks(
+            tiny_tracks.noisy, tiny_tracks.clean, tiny_tracks.peaks, val_chroms=["chr2"], window=8_192
+        )
+        m = ct.models.TrackDenoiser(setup, channels=8, dilations=(1, 2))
+        m.train(max_epochs=1, batch_size=8, accelerator="cpu", progress=False, random_state=7)
+        return torch.cat([p.detach().flatten() for p in m.module.parameters()])
+
+    assert torch.equal(run(), run())
+
+
+def test_save_load_keeps_spec_and_predictions(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    spec = json.loads((tmp_path / "m" / "spec.json").read_text())
+    assert spec["window"] == 8_192 and spec["val_chroms"] == ["chr2"] and spec["genome"]["chr3"] == 123_457
+    loaded = ct.models.TrackDenoiser.load(tmp_path / "m")
+    assert loaded.spec == tiny_model.spec
+    x = np.random.default_rng(0).random((2, 1, 8_192 + 2 * spec["pad"])).astype(np.float32)
+    a, b = tiny_model.predict_windows(x), loaded.predict_windows(x)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    with pytest.raises(RuntimeError, match="no training data attached"):
+        loaded.train(max_epochs=1)
+
+
+def test_load_refuses_incompatible_spec(tiny_model, tmp_path):
+    tiny_model.save(tmp_path / "m")
+    old = tiny_model.spec_["spec_version"]
+    tiny_model.spec_["spec_version"] = 99
+    try:
+        tiny_model.save(tmp_path / "future", overwrite=True)
+    finally:
+        tiny_model.spec_["spec_version"] = old
+    with pytest.raises(ValueError, match="spec version 99"):
+        ct.models.TrackDenoiser.load(tmp_path / "future")
+    with pytest.raises(FileNotFoundError, match="model.pt is missing"):
+        ct.models.TrackDenoiser.load(tmp_path)
+
+
+def test_validation_without_peaks_warns_not_crashes(tiny_tracks, tmp_path):
+    # peaks only on chr1: the validation chromosome has one class (AtacWorks crashed here)
+    peaks = ct.io.read_bed(tiny_tracks.peaks)
+    only_chr1 = ct.io.write_bed(peaks.loc[peaks["chrom"] == "chr1"], tmp_path / "chr1.bed")
+    setup = ct.models.TrackDenoiser.setup_tracks(
+        tiny_tracks.noisy, tiny_tracks.clean, only_chr1, val_chroms=["chr2"], window=16_384
+    )
+    m = ct.models.TrackDenoiser(setup, channels=8, dilations=(1, 2))
+    with pytest.warns(UserWarning, match="carry no labelled peak"):
+        m.train(max_epochs=2, accelerator="cpu", progress=False)
+    assert m.spec_["monitor"] == "validation_loss" and "auprc_validation" not in m.history
+
+
+def test_bad_training_inputs(tiny_tracks, tmp_path):
+    setup = ct.models.TrackDenoiser.setup_tracks
+    with pytest.raises(KeyError, match="'chrX' is not in the tracks' chromosome sizes"):
+        setup(tiny_tracks.noisy, tiny_tracks.clean, tiny_tracks.peaks, val_chroms=["chrX"])
+    other = tmp_path / "other.bed"
+    other.write_text("chr7\t100\t200\nchr8\t100\t300\n")
+    with pytest.raises(ValueError, match="has no peak on the chromosomes"):
+        setup(tiny_tracks.noisy, tiny_tracks.clean, other, val_chroms=["chr2"])
+    short = ct.io.write_bigwig(tmp_path / "short.bw", {"chr1": np.ones(10)}, {"chr1": 10, "chr2": 200_000, "chr3": 5})
+    with pytest.raises(ValueError, match="same genome assembly"):
+        setup(tiny_tracks.noisy, short, tiny_tracks.peaks, val_chroms=["chr2"])
+    with pytest.raises(ValueError, match="one clean track and one peaks file per noisy track"):
+        setup([tiny_tracks.noisy, tiny_tracks.noisy], [tiny_tracks.clean], [tiny_tracks.peaks], val_chroms=["chr2"])
+    with pytest.raises(ValueError, match="at least one validation chromosome"):
+        setup(tiny_tracks.noisy, tiny_tracks.clean, tiny_tracks.peaks, val_chroms=[])
+    with pytest.raises(TypeError, match="trains on bigWig tracks"):
+        ct.models.TrackDenoiser.setup_anndata(None)
+
+
+def test_several_pairs_and_extra_channels(tiny_tracks, tmp_path):
+    setup = ct.models.TrackDenoiser.setup_tracks(
+        [tiny_tracks.noisy, tiny_tracks.noisy],
+        [tiny_tracks.clean, tiny_tracks.clean],
+        [tiny_tracks.peaks, tiny_tracks.narrowpeak],
+        extra=[[tiny_tracks.noisy], [tiny_tracks.noisy]],
+        val_chroms=["chr2"],
+        window=16_384,
+    )
+    assert setup.n_channels == 2 and len(setup.train_windows) == 2 * len(np.unique(setup.train_windows[:, 2]))
+    m = ct.models.TrackDenoiser(setup, channels=8, dilations=(1, 2))
+    m.train(max_epochs=1, accelerator="cpu", progress=False)
+    assert m.spec_["n_channels"] == 2 and len(m.spec_["training_pairs"]) == 2
