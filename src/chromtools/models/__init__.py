@@ -1,3 +1,6 @@
 """Models built on scvi-tools base classes."""
 
-__all__: list[str] = []
+from ._vrnn import VRNN
+from ._vrnn_module import VRNNModule
+
+__all__ = ["VRNN", "VRNNModule"]
