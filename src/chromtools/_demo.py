@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib
 
-from . import datasets, pl
+from . import datasets, pl, tl
 from ._utils import PathLike, log_time
 
 logger = logging.getLogger(__name__)
@@ -53,6 +53,23 @@ def run_demo(out_dir: PathLike, *, fast: bool = False, random_state: int = 0) ->
         path = out / "timecourse_simulated.h5ad"
         tc.write_h5ad(path)
     outputs["timecourse"] = str(path)
+
+    # --- temporal gene modules (ct.tl.vrnn_cluster) ------------------------------------------
+    with log_time("Clustering genes into temporal modules with the VRNN", logger):
+        tl.vrnn_cluster(
+            tc, "time", 5, layer="counts", max_epochs=40 if fast else 150, random_state=random_state, progress=False
+        )
+        path = out / "timecourse_modules.h5ad"
+        tc.write_h5ad(path)
+        outputs["timecourse_modules"] = str(path)
+        path = out / "timecourse_modules.csv"
+        tl.vrnn_export(tc, path)
+        outputs["timecourse_modules_table"] = str(path)
+        fig = pl.vrnn_trajectories(tc, show=False)
+        path = out / "timecourse_modules.png"
+        fig.savefig(path, dpi=120)
+        outputs["timecourse_modules_figure"] = str(path)
+    # ------------------------------------------------------------------------------------------
 
     peak = sim.planted.loc[sim.planted["labelled"]].iloc[len(sim.planted) // 4]
     region = (str(peak["chrom"]), max(int(peak["centre"]) - 25_000, 0), int(peak["centre"]) + 25_000)

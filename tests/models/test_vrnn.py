@@ -136,7 +136,7 @@ def test_loss_uses_kl_weight_and_noise():
 def test_training_anneals_kl_and_keeps_it_active(summary):
     model = _trained(summary, max_epochs=30)
     hist = model.history
-    klw = np.asarray(hist["kl_weight_epoch"].astype(float)).ravel()
+    klw = np.asarray(hist["kl_weight"].astype(float)).ravel()
     assert klw.size == 30
     assert klw[0] == pytest.approx(0.0)
     assert klw[-1] == pytest.approx(1.0)

@@ -50,7 +50,7 @@ def test_slots_are_written(clustered):
     assert uns["n_clusters"] == 5 and uns["params"]["time_key"] == "time"
     assert uns["params"]["layer"] == "counts"
     hist = uns["history"]
-    assert hist["elbo_train"].size == 60 and hist["kl_weight_epoch"][-1] == pytest.approx(1.0)
+    assert hist["elbo_train"].size == 60 and hist["kl_weight"][-1] == pytest.approx(1.0)
     # modules are numbered by the time of their mean peak
     means = uns["cluster_means"]
     peaks = [uns["time_points"][np.argmax(np.abs(m - m[0]))] for m in means]

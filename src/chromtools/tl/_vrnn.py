@@ -48,6 +48,7 @@ class _Fit:
     reconstruction: np.ndarray
     history: dict[str, np.ndarray]
     model_summary: str
+    model: object
 
 
 def _history(model) -> dict[str, np.ndarray]:
@@ -81,7 +82,7 @@ def _fit_vrnn(
             )
         features = model.get_latent_representation()
         recon = model.get_reconstruction()
-    return _Fit(summary, features, recon, _history(model), model._model_summary_string)
+    return _Fit(summary, features, recon, _history(model), model._model_summary_string, model)
 
 
 def _kmeans(features: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -611,28 +612,21 @@ def vrnn_stability(
         else:
             ok = np.ones(pos.size, bool)
             summary = summary_anndata(adata_.var_names, st, tp, pos, shrink=shrink)
-        if method == "genes":
-            boot = np.unique(rng.choice(pos.size, size=pos.size, replace=True))
-            fit = _fit_vrnn(
-                summary[boot].copy(),
-                model_kwargs=model_kwargs,
-                train_kwargs=train_kwargs,
-                random_state=seed,
-                accelerator=accelerator,
-                devices=devices,
-                progress=progress,
-            )
-            features = _embed_with(fit, summary, model_kwargs, train_kwargs, seed, accelerator, devices, progress)
+        fit = _fit_vrnn(
+            summary[np.unique(rng.choice(summary.n_obs, size=summary.n_obs))].copy() if method == "genes" else summary,
+            model_kwargs=model_kwargs,
+            train_kwargs=train_kwargs,
+            random_state=seed,
+            accelerator=accelerator,
+            devices=devices,
+            progress=progress,
+        )
+        if method == "genes":  # embed every gene with the model trained on the bootstrap sample
+            from chromtools.models import VRNN
+
+            VRNN.setup_anndata(summary)
+            features = fit.model.get_latent_representation(summary)
         else:
-            fit = _fit_vrnn(
-                summary,
-                model_kwargs=model_kwargs,
-                train_kwargs=train_kwargs,
-                random_state=seed,
-                accelerator=accelerator,
-                devices=devices,
-                progress=progress,
-            )
             features = fit.features
         labels, _ = _kmeans(features, k, seed)
         full = np.full(pos.size, -1)
@@ -666,20 +660,6 @@ def vrnn_stability(
     }
     logger.info("VRNN module stability (%s, %d runs): mean ARI %.3f", method, n_runs, table["ari"].mean())
     return table
-
-
-def _embed_with(fit, summary, model_kwargs, train_kwargs, seed, accelerator, devices, progress) -> np.ndarray:
-    """Train on the bootstrap genes of ``fit`` again and embed every gene of ``summary``."""
-    from chromtools.models import VRNN
-    from chromtools.models._vrnn import seeded
-
-    with seeded(seed):
-        train = fit.summary
-        VRNN.setup_anndata(train)
-        model = VRNN(train, random_state=seed, **model_kwargs)
-        model.train(accelerator=accelerator, devices=devices, random_state=seed, progress=progress, **train_kwargs)
-        VRNN.setup_anndata(summary)
-        return model.get_latent_representation(summary)
 
 
 def vrnn_export(
