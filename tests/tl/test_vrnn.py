@@ -239,3 +239,13 @@ def test_thp1_real_time_course(shared_data):
     assert uns["n_cells"].tolist() == [120] * 8
     assert thp1.var["vrnn_cluster"].notna().sum() == 45
     assert (thp1.var["vrnn_response"] != "flat").mean() > 0.5
+
+
+def test_global_random_state_is_left_alone(sim):
+    np.random.seed(11)
+    torch.manual_seed(11)
+    expected = (np.random.rand(), torch.rand(1).item())
+    np.random.seed(11)
+    torch.manual_seed(11)
+    ct.tl.vrnn_cluster(sim.copy(), "time", 3, layer="counts", n_top_genes=40, **{**FAST, "max_epochs": 3})
+    assert (np.random.rand(), torch.rand(1).item()) == expected

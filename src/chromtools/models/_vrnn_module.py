@@ -256,7 +256,24 @@ class VRNNTrainingPlan(TrainingPlan):
       once per epoch under scvi-tools' names (``train_loss``, ``elbo_train``,
       ``reconstruction_loss_train``, ``kl_local_train``), with the epoch's ``kl_weight`` and the
       learned model standard deviation (``model_sd_train``).
+    * ``lr_decay``: cosine annealing of the learning rate from ``lr`` to ``lr * lr_decay`` over
+      the epochs (``None``: constant).
     """
+
+    def __init__(self, module, *, lr_decay: float | None = None, **kwargs):
+        super().__init__(module, **kwargs)
+        self.lr_decay = lr_decay
+
+    def configure_optimizers(self):
+        config = super().configure_optimizers()
+        if self.lr_decay is not None and self.trainer is not None and self.trainer.max_epochs:
+            config["lr_scheduler"] = {
+                "scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(
+                    config["optimizer"], T_max=self.trainer.max_epochs, eta_min=self.lr * self.lr_decay
+                ),
+                "interval": "epoch",
+            }
+        return config
 
     def on_train_start(self) -> None:
         self.module.train()

@@ -295,7 +295,7 @@ def vrnn_cluster(
         ``use_noise``, ``recurrence`` ...).
     train_kwargs
         Further arguments of :meth:`chromtools.models.VRNN.train` (``batch_size``, ``lr``,
-        ``kl_warmup`` ...).
+        ``lr_decay``, ``kl_warmup``, ``cpu_threads`` ...).
     k_range
         Candidate numbers of modules when ``n_clusters=None``.
     k_selection
