@@ -138,7 +138,8 @@ def vrnn_trajectories(
                 )
             a.legend(fontsize=6, frameon=False, loc="best", handlelength=1.5)
         a.axhline(0, color="0.7", linewidth=0.6, zorder=0)
-        a.plot(times, np.full(times.size, a.get_ylim()[0]), "|", color="0.4", markersize=5, clip_on=False)
+        # sampled time points as a rug along the bottom of the panel
+        a.plot(times, np.zeros(times.size), "|", color="0.4", markersize=5, transform=a.get_xaxis_transform())
         a.set_title(f"module {name} ({members.size} genes)", fontsize=9)
         a.spines[["top", "right"]].set_visible(False)
     for a in axes:
