@@ -89,5 +89,22 @@ def run_demo(out_dir: PathLike, *, fast: bool = False, random_state: int = 0) ->
     fig.savefig(path, dpi=120)
     outputs["tracks_figure"] = str(path)
 
+    # --- temporal gene modules (ct.tl.vrnn_cluster) ------------------------------------------
+    with log_time("Clustering genes into temporal modules with the VRNN", logger):
+        tl.vrnn_cluster(
+            tc, "time", 5, layer="counts", max_epochs=40 if fast else 150, random_state=random_state, progress=False
+        )
+        path = out / "timecourse_modules.h5ad"
+        tc.write_h5ad(path)
+        outputs["timecourse_modules"] = str(path)
+        path = out / "timecourse_modules.csv"
+        tl.vrnn_export(tc, path)
+        outputs["timecourse_modules_table"] = str(path)
+        fig = pl.vrnn_trajectories(tc, show=False)
+        path = out / "timecourse_modules.png"
+        fig.savefig(path, dpi=120)
+        outputs["timecourse_modules_figure"] = str(path)
+    # ------------------------------------------------------------------------------------------
+
     (out / "manifest.json").write_text(json.dumps(outputs, indent=2))
     return outputs

@@ -1,5 +1,7 @@
 """Preprocessing: from counts and fragments to the inputs of chromtools tools."""
 
+from ._gene_activity import gene_activity, gene_table, gene_windows
 from ._pairs import TrainingPair, training_pair
+from ._timecourse import timecourse_summary
 
-__all__ = ["TrainingPair", "training_pair"]
+__all__ = ["TrainingPair", "gene_activity", "gene_table", "gene_windows", "timecourse_summary", "training_pair"]

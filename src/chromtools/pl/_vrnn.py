@@ -1,0 +1,326 @@
+"""Figures of temporal gene modules found by :func:`chromtools.tl.vrnn_cluster`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from chromtools._utils import get_modality
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+_PALETTE = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+
+
+def _fitted(adata: AnnData, key: str) -> dict:
+    if key not in adata.uns or f"{key}_cluster" not in adata.var:
+        msg = f"No VRNN clustering under key '{key}'; run ct.tl.vrnn_cluster(adata, key_added='{key}') first."
+        raise KeyError(msg)
+    return adata.uns[key]
+
+
+def _time_label(uns: dict, time_label: str | None) -> str:
+    if time_label is not None:
+        return time_label
+    return f"time ({uns['params'].get('time_key', 'time')})"
+
+
+def _show(fig: Figure, show: bool | None) -> None:
+    if show is None:
+        show = plt.isinteractive()
+    if show:
+        plt.show()
+
+
+def _axes_grid(n: int, ncols: int, ax, panel: tuple[float, float]) -> tuple[Figure, list[plt.Axes]]:
+    if ax is not None:
+        axes = list(np.ravel(ax)) if isinstance(ax, Sequence | np.ndarray) else [ax]
+        if len(axes) < n:
+            msg = f"ax needs {n} axes (one per panel), got {len(axes)}."
+            raise ValueError(msg)
+        return axes[0].figure, axes[:n]
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    fig, grid = plt.subplots(
+        nrows,
+        ncols,
+        figsize=(panel[0] * ncols, panel[1] * nrows + 0.4),
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained",
+    )
+    axes = list(grid.ravel())
+    for extra in axes[n:]:
+        extra.set_visible(False)
+    return fig, axes[:n]
+
+
+def vrnn_trajectories(
+    data: AnnData | MuData,
+    *,
+    key: str = "vrnn",
+    mod: str | None = None,
+    clusters: Sequence[str] | None = None,
+    n_genes: int = 3,
+    spread: float = 1.0,
+    ncols: int = 5,
+    time_label: str | None = None,
+    ax: plt.Axes | Sequence[plt.Axes] | None = None,
+    show: bool | None = None,
+) -> Figure:
+    """Mean trajectory of every module over real time, with its spread and a few member genes.
+
+    Parameters
+    ----------
+    data
+        AnnData or MuData clustered by :func:`chromtools.tl.vrnn_cluster`.
+    key
+        Key of the clustering.
+    mod
+        Modality of a MuData.
+    clusters
+        Modules to show; default all.
+    n_genes
+        Member genes drawn (and named) per module: those closest to the module mean.
+    spread
+        Band of ``spread`` standard deviations around the module mean.
+    ncols
+        Panels per row.
+    time_label
+        x-axis label; default the time column's name.
+    ax
+        Axes to draw into, one per module.
+    show
+        Show the figure (default: only in interactive sessions).
+
+    Returns
+    -------
+    The matplotlib figure.
+    """
+    adata = get_modality(data, mod)
+    uns = _fitted(adata, key)
+    times = np.asarray(uns["time_points"], float)
+    names = [str(c) for c in uns["cluster_names"]]
+    chosen = names if clusters is None else [str(c) for c in clusters]
+    unknown = [c for c in chosen if c not in names]
+    if unknown:
+        msg = f"Unknown modules {unknown}; the clustering has {names}."
+        raise ValueError(msg)
+    cluster = adata.var[f"{key}_cluster"].astype(object).to_numpy()
+    curves = np.asarray(adata.varm[f"{key}_input"])
+    fig, axes = _axes_grid(len(chosen), ncols, ax, (3.0, 2.4))
+    for a, name in zip(axes, chosen, strict=True):
+        i = names.index(name)
+        color = _PALETTE[i % len(_PALETTE)]
+        members = np.flatnonzero(cluster == name)
+        mean = np.asarray(uns["cluster_means"])[i]
+        sd = np.asarray(uns["cluster_sd"])[i]
+        a.fill_between(times, mean - spread * sd, mean + spread * sd, color=color, alpha=0.2, linewidth=0)
+        a.plot(times, mean, color=color, linewidth=2.2, marker="o", markersize=3)
+        if n_genes > 0 and members.size:
+            dist = ((curves[members] - mean) ** 2).sum(1)
+            for j, g in enumerate(members[np.argsort(dist)[:n_genes]]):
+                a.plot(
+                    times,
+                    curves[g],
+                    color=color,
+                    linewidth=0.8,
+                    alpha=0.9,
+                    linestyle=("-", "--", ":", "-.")[j % 4],
+                    label=str(adata.var_names[g]),
+                )
+            a.legend(fontsize=6, frameon=False, loc="best", handlelength=1.5)
+        a.axhline(0, color="0.7", linewidth=0.6, zorder=0)
+        # sampled time points as a rug along the bottom of the panel
+        a.plot(times, np.zeros(times.size), "|", color="0.4", markersize=5, transform=a.get_xaxis_transform())
+        a.set_title(f"module {name} ({members.size} genes)", fontsize=9)
+        a.spines[["top", "right"]].set_visible(False)
+    for a in axes:
+        if a.get_subplotspec() is None or a.get_subplotspec().is_last_row():
+            a.set_xlabel(_time_label(uns, time_label))
+        if a.get_subplotspec() is None or a.get_subplotspec().is_first_col():
+            a.set_ylabel("standardised activity")
+    _show(fig, show)
+    return fig
+
+
+def vrnn_umap(
+    data: AnnData | MuData,
+    *,
+    key: str = "vrnn",
+    mod: str | None = None,
+    genes: Sequence[str] | None = None,
+    color: str | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    random_state: int = 0,
+    point_size: float = 12.0,
+    ax: plt.Axes | None = None,
+    show: bool | None = None,
+) -> Figure:
+    """UMAP of the genes' VRNN latents, coloured by module; only the genes in ``genes`` are labelled.
+
+    The embedding is computed on the fly from ``adata.varm['X_' + key]`` (nothing is written).
+
+    Parameters
+    ----------
+    data
+        AnnData or MuData clustered by :func:`chromtools.tl.vrnn_cluster`.
+    key
+        Key of the clustering.
+    mod
+        Modality of a MuData.
+    genes
+        Genes to name on the plot (e.g. known markers); no other gene is labelled.
+    color
+        Column of ``var`` to colour by; default the module.
+    n_neighbors, min_dist
+        UMAP parameters.
+    random_state
+        Seed of the UMAP layout.
+    point_size
+        Marker size.
+    ax
+        Axes to draw into.
+    show
+        Show the figure (default: only in interactive sessions).
+
+    Returns
+    -------
+    The matplotlib figure.
+    """
+    import umap
+
+    adata = get_modality(data, mod)
+    _fitted(adata, key)
+    X = np.asarray(adata.varm[f"X_{key}"])
+    modelled = np.flatnonzero(np.isfinite(X).all(1))
+    if modelled.size < 4:
+        msg = f"UMAP needs at least 4 modelled genes, the clustering has {modelled.size}."
+        raise ValueError(msg)
+    genes = list(genes or [])
+    missing = [g for g in genes if g not in adata.var_names]
+    if missing:
+        msg = f"Genes {missing[:5]} are not in var_names."
+        raise KeyError(msg)
+    emb = umap.UMAP(
+        n_neighbors=min(n_neighbors, modelled.size - 1), min_dist=min_dist, random_state=random_state, n_jobs=1
+    ).fit_transform(X[modelled])
+    column = color or f"{key}_cluster"
+    if column not in adata.var:
+        msg = f"var has no column '{column}'."
+        raise KeyError(msg)
+    values = adata.var[column].iloc[modelled]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    else:
+        fig = ax.figure
+    if values.dtype.kind in "fiu":
+        sc = ax.scatter(emb[:, 0], emb[:, 1], c=values.to_numpy(float), s=point_size, cmap="viridis", linewidths=0)
+        fig.colorbar(sc, ax=ax, label=column)
+    else:
+        cats = values.astype("category")
+        for i, cat in enumerate(cats.cat.categories):
+            sel = (cats == cat).to_numpy()
+            ax.scatter(
+                emb[sel, 0], emb[sel, 1], s=point_size, color=_PALETTE[i % len(_PALETTE)], label=str(cat), linewidths=0
+            )
+        ax.legend(title=column, fontsize=7, title_fontsize=8, markerscale=1.5, frameon=False, loc="best")
+    names = adata.var_names[modelled]
+    for g in genes:
+        where = np.flatnonzero(names == g)
+        if where.size == 0:
+            continue  # named but not modelled: nothing to label
+        x, y = emb[where[0]]
+        ax.scatter([x], [y], s=point_size * 3, facecolors="none", edgecolors="black", linewidths=0.8)
+        ax.annotate(g, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
+    ax.set_xlabel("UMAP 1")
+    ax.set_ylabel("UMAP 2")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.spines[["top", "right"]].set_visible(False)
+    _show(fig, show)
+    return fig
+
+
+def vrnn_genes(
+    data: AnnData | MuData,
+    genes: Sequence[str],
+    *,
+    key: str = "vrnn",
+    mod: str | None = None,
+    ncols: int = 4,
+    time_label: str | None = None,
+    ax: plt.Axes | Sequence[plt.Axes] | None = None,
+    show: bool | None = None,
+) -> Figure:
+    """Chosen genes over real time: the modelled means (± standard error) and the VRNN reconstruction.
+
+    Parameters
+    ----------
+    data
+        AnnData or MuData clustered by :func:`chromtools.tl.vrnn_cluster`.
+    genes
+        Genes to show, one panel each; they must have been modelled.
+    key
+        Key of the clustering.
+    mod
+        Modality of a MuData.
+    ncols
+        Panels per row.
+    time_label
+        x-axis label; default the time column's name.
+    ax
+        Axes to draw into, one per gene.
+    show
+        Show the figure (default: only in interactive sessions).
+
+    Returns
+    -------
+    The matplotlib figure.
+    """
+    adata = get_modality(data, mod)
+    uns = _fitted(adata, key)
+    genes = [str(g) for g in genes]
+    if not genes:
+        msg = "Name at least one gene to plot."
+        raise ValueError(msg)
+    pos = adata.var_names.get_indexer(genes)
+    if (pos < 0).any():
+        msg = f"Genes {[g for g, p in zip(genes, pos, strict=True) if p < 0][:5]} are not in var_names."
+        raise KeyError(msg)
+    selected = np.asarray(adata.var[f"{key}_selected"], bool)
+    if not selected[pos].all():
+        missing = [g for g, p in zip(genes, pos, strict=True) if not selected[p]]
+        msg = f"Genes {missing[:5]} were not modelled (not among the dynamic genes); pass them with vrnn_cluster(genes=...)."
+        raise ValueError(msg)
+    times = np.asarray(uns["time_points"], float)
+    names = [str(c) for c in uns["cluster_names"]]
+    mean = np.asarray(adata.varm[f"{key}_input"])
+    se = np.asarray(adata.varm[f"{key}_se"])
+    recon = np.asarray(adata.varm[f"{key}_recon"])
+    cluster = adata.var[f"{key}_cluster"].astype(object).to_numpy()
+    response = adata.var[f"{key}_response"].astype(object).to_numpy()
+    fig, axes = _axes_grid(len(genes), ncols, ax, (3.0, 2.3))
+    for a, g, p in zip(axes, genes, pos, strict=True):
+        color = _PALETTE[names.index(str(cluster[p])) % len(_PALETTE)]
+        a.errorbar(times, mean[p], yerr=se[p], fmt="o", color="0.25", markersize=3.5, capsize=2, label="data")
+        a.plot(times, recon[p], color=color, linewidth=2, label="VRNN")
+        a.set_title(f"{g} · module {cluster[p]} · {response[p]}", fontsize=9)
+        a.spines[["top", "right"]].set_visible(False)
+        a.axhline(0, color="0.8", linewidth=0.6, zorder=0)
+    axes[0].legend(fontsize=7, frameon=False)
+    for a in axes:
+        if a.get_subplotspec() is None or a.get_subplotspec().is_last_row():
+            a.set_xlabel(_time_label(uns, time_label))
+        if a.get_subplotspec() is None or a.get_subplotspec().is_first_col():
+            a.set_ylabel("standardised activity")
+    _show(fig, show)
+    return fig

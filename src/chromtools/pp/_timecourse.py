@@ -1,0 +1,396 @@
+"""From cells × genes to genes × time points: per-time mean, variance and cell count, dynamic-gene ranking."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+from scipy import stats
+
+from chromtools._docs import doc_params
+from chromtools._utils import get_modality
+
+if TYPE_CHECKING:
+    from mudata import MuData
+
+logger = logging.getLogger(__name__)
+
+#: A numeric time column with at most this many distinct values is taken as discrete time points.
+MAX_DISCRETE_TIMES = 50
+#: Number of pseudotime bins when a continuous time column is binned and ``n_bins`` is not given.
+DEFAULT_N_BINS = 10
+#: Pseudo-observations of the pooled within-time variance added to each time point's variance.
+VARIANCE_PRIOR_WEIGHT = 2.0
+
+_NUMBER = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
+
+
+@dataclass
+class TimePoints:
+    """Time point of every cell and the time points' values and labels."""
+
+    index: np.ndarray  # (n_cells,) int, time point of each cell
+    times: np.ndarray  # (T,) float, real time of each time point
+    labels: list[str]  # (T,)
+    binned: bool
+    edges: np.ndarray | None = None
+
+    @property
+    def n_cells(self) -> np.ndarray:
+        """Cells per time point."""
+        return np.bincount(self.index, minlength=len(self.labels))
+
+
+@dataclass
+class GeneTimeStats:
+    """Per-gene statistics over time points for every gene of the input."""
+
+    mean: np.ndarray  # (genes, T) per-time means
+    variance: np.ndarray  # (genes, T) per-time variance (shrunk towards the pooled one; see noise)
+    n_cells: np.ndarray  # (T,)
+    baseline: np.ndarray  # (genes,) mean of the per-time means
+    scale: np.ndarray  # (genes,) standard deviation of the per-time means (0: constant gene)
+    score: np.ndarray  # (genes,) dynamic score (ANOVA F, or von Neumann z for bulk data)
+    pval: np.ndarray  # (genes,)
+    test: str  # 'anova' or 'von_neumann'
+
+
+def _get_time_column(data: AnnData | MuData, adata: AnnData, time_key: str) -> pd.Series:
+    if time_key in adata.obs:
+        return adata.obs[time_key]
+    obs = getattr(data, "obs", None)
+    if data is not adata and obs is not None and time_key in obs:
+        return obs[time_key].reindex(adata.obs_names)
+    msg = f"Time column '{time_key}' is not in obs (columns: {list(adata.obs.columns)}); pass time_key=<column>."
+    raise KeyError(msg)
+
+
+def _label_number(label: str) -> float | None:
+    found = _NUMBER.findall(str(label))
+    return float(found[0]) if len(found) == 1 else None
+
+
+def time_points(column: pd.Series, *, n_bins: int | None = None, time_key: str = "time") -> TimePoints:
+    """Assign cells to ordered time points.
+
+    A categorical or text column gives one time point per category (in category order for an
+    ordered categorical, else by the number in each label such as ``'24h'``); a numeric column
+    with at most 50 distinct values gives one time point per value; a continuous column
+    (pseudotime), or any numeric column when ``n_bins`` is set, is cut into ``n_bins``
+    quantile bins placed at the mean time of their cells.
+    """
+    if column.isna().any():
+        n = int(column.isna().sum())
+        msg = (
+            f"{n} of {column.size} cells have no value in the time column '{time_key}'; drop them first "
+            f"(adata = adata[adata.obs['{time_key}'].notna()].copy()) or fill them in."
+        )
+        raise ValueError(msg)
+    is_numeric = pd.api.types.is_numeric_dtype(column) and not isinstance(column.dtype, pd.CategoricalDtype)
+    if is_numeric:
+        values = column.to_numpy(float)
+        if not np.isfinite(values).all():
+            msg = f"The time column '{time_key}' holds infinite values; give finite times."
+            raise ValueError(msg)
+        distinct = np.unique(values)
+        if n_bins is None and distinct.size <= MAX_DISCRETE_TIMES:
+            index = np.searchsorted(distinct, values)
+            return TimePoints(index, distinct, [f"{t:g}" for t in distinct], binned=False)
+        n_bins = DEFAULT_N_BINS if n_bins is None else int(n_bins)
+        if n_bins < 2:
+            msg = f"n_bins must be at least 2, got {n_bins}."
+            raise ValueError(msg)
+        edges = np.unique(np.quantile(values, np.linspace(0, 1, n_bins + 1)))
+        index = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, max(edges.size - 2, 0))
+        used = np.unique(index)
+        index = np.searchsorted(used, index)
+        times = np.array([values[index == i].mean() for i in range(used.size)])
+        labels = [f"bin{i} ({edges[b]:.3g}-{edges[min(b + 1, edges.size - 1)]:.3g})" for i, b in enumerate(used)]
+        return TimePoints(index, times, labels, binned=True, edges=edges)
+    cat = column.astype("category") if not isinstance(column.dtype, pd.CategoricalDtype) else column
+    cat = cat.cat.remove_unused_categories()
+    categories = [str(c) for c in cat.cat.categories]
+    numbers = [_label_number(c) for c in categories]
+    if all(n is not None for n in numbers) and len(set(numbers)) == len(numbers):
+        times = np.asarray(numbers, float)
+        if not cat.cat.ordered:
+            order = np.argsort(times, kind="stable")
+            categories = [categories[i] for i in order]
+            times = times[order]
+            cat = cat.cat.reorder_categories([cat.cat.categories[i] for i in order])
+        elif np.any(np.diff(times) <= 0):
+            logger.warning(
+                "The ordered time categories %s do not increase with the numbers in their labels; "
+                "using their positions 0..%d as times.",
+                categories,
+                len(categories) - 1,
+            )
+            times = np.arange(len(categories), dtype=float)
+    else:
+        if not cat.cat.ordered:
+            logger.warning(
+                "The time column '%s' is unordered text; time points are taken in the order %s. "
+                "Pass an ordered categorical or a numeric column to control the order.",
+                time_key,
+                categories,
+            )
+        logger.info("Time labels carry no numbers; using positions 0..%d as times.", len(categories) - 1)
+        times = np.arange(len(categories), dtype=float)
+    return TimePoints(cat.cat.codes.to_numpy().astype(np.int64), times, categories, binned=False)
+
+
+def _get_matrix(adata: AnnData, layer: str | None):
+    if layer is None:
+        X = adata.X
+    else:
+        if layer not in adata.layers:
+            msg = f"Layer '{layer}' does not exist (layers: {list(adata.layers)}); pass layer=None to use X."
+            raise KeyError(msg)
+        X = adata.layers[layer]
+    if X is None:
+        msg = "The AnnData has no X; pass layer=<name of a layer>."
+        raise ValueError(msg)
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if not np.isfinite(values).all():
+        where = "X" if layer is None else f"layer '{layer}'"
+        msg = f"{where} contains NaN or infinite values; fill or remove them before summarising over time."
+        raise ValueError(msg)
+    return X
+
+
+def gene_time_stats(X, tp: TimePoints) -> GeneTimeStats:
+    """Per-gene mean, variance and dynamic score over the time points of ``tp`` (``X`` is cells × genes)."""
+    n_t = tp.n_cells.astype(float)
+    T = n_t.size
+    n = int(n_t.sum())
+    G = sp.csr_matrix((np.ones(n), (tp.index, np.arange(n))), shape=(T, n))
+    if sp.issparse(X):
+        X = sp.csr_matrix(X, dtype=np.float64)
+        sums = np.asarray((G @ X).todense())
+        sq = np.asarray((G @ X.multiply(X)).todense())
+    else:
+        X = np.asarray(X, dtype=np.float64)
+        sums = G @ X
+        sq = G @ (X * X)
+    mean = (sums / n_t[:, None]).T  # genes × T
+    ss_within_t = np.maximum(sq.T - sums.T**2 / n_t[None, :], 0.0)  # Σ (x - m_t)² per time point
+    ss_within = ss_within_t.sum(1)
+    df_within = n - T
+    baseline = mean.mean(1)
+    scale = mean.std(1)
+    scale[scale < 1e-12 * np.maximum(np.abs(baseline), 1.0)] = 0.0
+    if df_within > 0:
+        pooled = ss_within / df_within
+        df_t = n_t - 1.0
+        variance = (ss_within_t + VARIANCE_PRIOR_WEIGHT * pooled[:, None]) / (df_t[None, :] + VARIANCE_PRIOR_WEIGHT)
+        grand = (sums.sum(0) / n)[:, None]
+        ss_between = (n_t[None, :] * (mean - grand) ** 2).sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            score = (ss_between / (T - 1)) / pooled
+        score = np.where(pooled > 0, score, np.where(ss_between > 0, np.inf, 0.0))
+        pval = stats.f.sf(score, T - 1, df_within)
+        test = "anova"
+    else:
+        # Bulk data (one sample per time point): no within-time variance. Rank genes by the von Neumann
+        # ratio of successive differences to the variance, which is small for smooth temporal change and
+        # about 2 for noise without temporal structure.
+        variance = np.zeros_like(mean)
+        dev = ((mean - baseline[:, None]) ** 2).sum(1)
+        diff = (np.diff(mean, axis=1) ** 2).sum(1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(dev > 0, diff / dev, 2.0)
+        sd = np.sqrt(4.0 * (T - 2) / (T**2 - 1.0)) if T > 2 else 1.0
+        score = (2.0 - ratio) / sd
+        pval = stats.norm.sf(score)
+        test = "von_neumann"
+    score = np.where(scale > 0, score, -np.inf)
+    pval = np.where(scale > 0, pval, 1.0)
+    return GeneTimeStats(mean, variance, n_t, baseline, scale, score, pval, test)
+
+
+def select_genes(
+    var_names: pd.Index,
+    st: GeneTimeStats,
+    *,
+    n_top_genes: int | None,
+    genes: Sequence[str] | None,
+) -> np.ndarray:
+    """Integer positions of the genes to model: ``genes`` as given, else the top dynamic non-constant genes."""
+    constant = st.scale == 0
+    if genes is not None:
+        genes = list(genes)
+        pos = var_names.get_indexer(genes)
+        if (pos < 0).any():
+            missing = [g for g, p in zip(genes, pos, strict=True) if p < 0]
+            msg = f"{len(missing)} requested genes are not in var_names, e.g. {missing[:5]}."
+            raise KeyError(msg)
+        if constant[pos].any():
+            flat = [g for g, p in zip(genes, pos, strict=True) if constant[p]]
+            msg = (
+                f"{len(flat)} requested genes have the same mean at every time point, so they cannot be standardised "
+                f"or clustered by shape: {flat[:5]}. Leave them out."
+            )
+            raise ValueError(msg)
+        return pos
+    candidates = np.flatnonzero(~constant)
+    if candidates.size == 0:
+        msg = "Every gene has the same mean at every time point: there is no temporal change to model."
+        raise ValueError(msg)
+    if constant.any():
+        logger.info("Left out %d genes whose mean does not change over time.", int(constant.sum()))
+    order = candidates[np.argsort(-st.score[candidates], kind="stable")]
+    if n_top_genes is not None:
+        if n_top_genes < 1:
+            msg = f"n_top_genes must be positive, got {n_top_genes}."
+            raise ValueError(msg)
+        order = order[:n_top_genes]
+    return np.sort(order)
+
+
+def bh_adjust(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values."""
+    p = np.asarray(p, float)
+    n = p.size
+    order = np.argsort(p)
+    ranked = p[order] * n / np.arange(1, n + 1)
+    q = np.minimum.accumulate(ranked[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def summary_anndata(
+    var_names: pd.Index,
+    st: GeneTimeStats,
+    tp: TimePoints,
+    pos: np.ndarray,
+    *,
+    qval: np.ndarray | None = None,
+    shrink: bool = True,
+) -> AnnData:
+    """Genes × time points AnnData of the genes at ``pos`` (standardised means in ``X``)."""
+    mean = st.mean[pos]
+    scale = st.scale[pos]
+    baseline = st.baseline[pos]
+    zscore = (mean - baseline[:, None]) / scale[:, None]
+    se2 = st.variance[pos] / st.n_cells[None, :] / scale[:, None] ** 2
+    if shrink:
+        # Posterior mean of each standardised value under a unit-variance prior: means measured no better
+        # than their own spread (genes whose "change" is mostly noise) are pulled towards 0, i.e. flat.
+        X = zscore / (1.0 + se2)
+        noise = se2 / (1.0 + se2) ** 2
+    else:
+        X, noise = zscore, se2
+    gaps = np.diff(tp.times)
+    positive = gaps[gaps > 0]
+    unit = float(np.median(positive)) if positive.size else 1.0
+    dt = np.concatenate([[0.0], gaps / unit])
+    n_genes = pos.size
+    obs = pd.DataFrame(
+        {
+            "baseline": baseline,
+            "scale": scale,
+            "dynamic_score": st.score[pos],
+            "dynamic_pval": st.pval[pos],
+        },
+        index=pd.Index(var_names[pos].astype(str)),
+    )
+    if qval is not None:
+        obs["dynamic_qval"] = qval[pos]
+    var = pd.DataFrame(
+        {"time": tp.times, "n_cells": st.n_cells.astype(np.int64), "dt": dt},
+        index=pd.Index([str(label) for label in tp.labels]),
+    )
+    out = AnnData(X=X.astype(np.float32), obs=obs, var=var)
+    out.layers["zscore"] = zscore.astype(np.float32)
+    out.layers["mean"] = mean.astype(np.float32)
+    out.layers["variance"] = st.variance[pos].astype(np.float32)
+    out.layers["noise"] = noise.astype(np.float32)
+    out.layers["dt"] = np.broadcast_to(dt.astype(np.float32), (n_genes, dt.size)).copy()
+    out.uns["timecourse"] = {"dt_unit": unit, "test": st.test, "binned": tp.binned, "shrink": shrink}
+    if tp.edges is not None:
+        out.uns["timecourse"]["bin_edges"] = np.asarray(tp.edges, float)
+    return out
+
+
+@doc_params
+def timecourse_summary(
+    data: AnnData | MuData,
+    time_key: str = "time",
+    *,
+    layer: str | None = None,
+    mod: str | None = None,
+    n_bins: int | None = None,
+    n_top_genes: int | None = 2_000,
+    genes: Sequence[str] | None = None,
+    shrink: bool = True,
+) -> AnnData:
+    """Summarise cells × genes into genes × time points: mean, variance and cells of every gene at every time.
+
+    The input of :class:`chromtools.models.VRNN`. Cells need not be sorted. Each gene's
+    per-time means are standardised (mean 0, standard deviation 1 over time points) so that
+    genes group by the shape of their response, not by magnitude; the magnitude is kept in
+    ``obs['baseline']`` and ``obs['scale']``.
+
+    Parameters
+    ----------
+    {data}
+    time_key
+        Column of ``obs`` (of the modality, or of the MuData) with each cell's time: discrete
+        time points (numbers, or labels such as ``'24h'``), or a continuous pseudotime.
+    layer
+        Layer to summarise (e.g. log-normalised gene activity); default ``X``.
+    {mod}
+    n_bins
+        Cut the time column into this many quantile bins (pseudotime). Default: discrete time
+        points when the column has at most 50 distinct values, else 10 bins.
+    n_top_genes
+        Keep this many genes, the most dynamic first (one-way ANOVA F over time points; for
+        bulk data with one sample per time point, a von Neumann successive-difference test).
+        ``None`` keeps every gene whose mean changes over time.
+    genes
+        Model exactly these genes instead.
+    shrink
+        Pull each standardised mean towards 0 by its standard error ``se``:
+        ``z / (1 + se²)``, the posterior mean under a unit-variance prior. Genes whose change
+        over time is mostly noise then look flat instead of taking a random shape. No effect on
+        bulk data (no within-time replicates, ``se = 0``).
+
+    Returns
+    -------
+    AnnData with genes as observations and time points (in time order) as variables:
+
+    ``X``
+        standardised (and shrunk) means;
+    ``layers['zscore']``
+        standardised means without shrinkage;
+    ``layers['mean']``, ``layers['variance']``
+        per-time mean and variance in the input units (the variance is shrunk towards the
+        gene's pooled within-time variance by two pseudo-observations; 0 for bulk data);
+    ``layers['noise']``
+        squared standard error of each value of ``X`` (variance / cells / scale², divided by
+        ``(1 + se²)²`` when shrunk);
+    ``layers['dt']``
+        time gap before each time point in units of the median gap (0 for the first);
+    ``obs``
+        ``baseline``, ``scale`` (magnitude), ``dynamic_score``, ``dynamic_pval``,
+        ``dynamic_qval``;
+    ``var``
+        ``time`` (real units), ``n_cells``, ``dt``.
+    """
+    adata = get_modality(data, mod)
+    X = _get_matrix(adata, layer)
+    tp = time_points(_get_time_column(data, adata, time_key), n_bins=n_bins, time_key=time_key)
+    if len(tp.labels) < 2:
+        msg = f"The time column '{time_key}' has a single time point ({tp.labels[0]!r}); a time course needs at least two."
+        raise ValueError(msg)
+    st = gene_time_stats(X, tp)
+    pos = select_genes(adata.var_names, st, n_top_genes=n_top_genes, genes=genes)
+    return summary_anndata(adata.var_names, st, tp, pos, qval=bh_adjust(st.pval), shrink=shrink)

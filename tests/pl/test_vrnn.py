@@ -1,0 +1,93 @@
+"""Figures of temporal modules: trajectories over real time, UMAP of gene latents, chosen genes with reconstruction."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+
+import chromtools as ct
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def clustered():
+    adata = ct.datasets.simulate_timecourse(100, cells_per_time=30, random_state=4)
+    ct.tl.vrnn_cluster(adata, "time", 4, layer="counts", n_top_genes=80, max_epochs=30, accelerator="cpu")
+    return adata
+
+
+def test_trajectories_use_real_time(clustered):
+    fig = ct.pl.vrnn_trajectories(clustered, n_genes=2, show=False)
+    assert isinstance(fig, Figure)
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert len(axes) == 4
+    times = clustered.uns["vrnn"]["time_points"]
+    mean_line = axes[0].lines[0]
+    assert np.allclose(mean_line.get_xdata(), times)  # hours, uneven gaps kept
+    assert np.allclose(mean_line.get_ydata(), clustered.uns["vrnn"]["cluster_means"][0])
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert len(legend) == 2 and all(g in clustered.var_names for g in legend)
+    assert "time" in axes[-1].get_xlabel()
+    plt.close(fig)
+    fig, ax = plt.subplots(1, 2)
+    out = ct.pl.vrnn_trajectories(clustered, clusters=["1", "3"], ax=ax, show=False, time_label="hours")
+    assert out is fig and ax[0].get_title().startswith("module 1")
+    plt.close(fig)
+    with pytest.raises(ValueError, match="Unknown modules"):
+        ct.pl.vrnn_trajectories(clustered, clusters=["9"], show=False)
+
+
+def test_umap_labels_only_named_genes(clustered):
+    named = list(clustered.var_names[clustered.var["vrnn_selected"]][:2])
+    fig = ct.pl.vrnn_umap(clustered, genes=named, show=False)
+    ax = fig.axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert sorted(texts) == sorted(named)
+    n_points = sum(len(c.get_offsets()) for c in ax.collections[:4])
+    assert n_points == int(clustered.var["vrnn_selected"].sum())
+    plt.close(fig)
+    fig = ct.pl.vrnn_umap(clustered, show=False)
+    assert not fig.axes[0].texts
+    plt.close(fig)
+    fig = ct.pl.vrnn_umap(clustered, color="vrnn_onset", show=False)
+    assert len(fig.axes) == 2  # colour bar for a numeric column
+    plt.close(fig)
+    with pytest.raises(KeyError, match="not in var_names"):
+        ct.pl.vrnn_umap(clustered, genes=["nope"], show=False)
+
+
+def test_genes_show_data_and_reconstruction(clustered):
+    genes = list(clustered.var_names[clustered.var["vrnn_selected"]][:3])
+    fig = ct.pl.vrnn_genes(clustered, genes, show=False)
+    axes = [a for a in fig.axes if a.get_visible()]
+    assert len(axes) == 3
+    i = clustered.var_names.get_loc(genes[0])
+    recon = next(line for line in axes[0].lines if line.get_label() == "VRNN")
+    assert np.allclose(recon.get_ydata(), clustered.varm["vrnn_recon"][i])
+    assert np.allclose(recon.get_xdata(), clustered.uns["vrnn"]["time_points"])
+    assert genes[0] in axes[0].get_title()
+    plt.close(fig)
+    unmodelled = clustered.var_names[~clustered.var["vrnn_selected"]][0]
+    with pytest.raises(ValueError, match="were not modelled"):
+        ct.pl.vrnn_genes(clustered, [unmodelled], show=False)
+    with pytest.raises(KeyError, match="not in var_names"):
+        ct.pl.vrnn_genes(clustered, ["nope"], show=False)
+    with pytest.raises(ValueError, match="at least one gene"):
+        ct.pl.vrnn_genes(clustered, [], show=False)
+
+
+def test_plots_need_a_clustering():
+    adata = ct.datasets.simulate_timecourse(20, cells_per_time=5)
+    for plot in (ct.pl.vrnn_trajectories, ct.pl.vrnn_umap):
+        with pytest.raises(KeyError, match="run ct.tl.vrnn_cluster"):
+            plot(adata, show=False)
+    with pytest.raises(KeyError, match="run ct.tl.vrnn_cluster"):
+        ct.pl.vrnn_genes(adata, ["gene_0"], show=False)
