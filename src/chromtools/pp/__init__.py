@@ -1,3 +1,5 @@
 """Preprocessing: from counts and fragments to the inputs of chromtools tools."""
 
-__all__: list[str] = []
+from ._lsi import lsi, tfidf_matrix
+
+__all__ = ["lsi", "tfidf_matrix"]
