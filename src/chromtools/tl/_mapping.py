@@ -714,7 +714,7 @@ def map_query(
             warnings.filterwarnings("ignore", message=".*update\\(\\) will not pull.*")
             aligned = MuData(mods)
         source_obs = query.obs.copy()
-        for name, ad in query.mod.items():
+        for ad in query.mod.values():
             for c in ad.obs.columns:
                 if c not in source_obs:
                     source_obs[c] = ad.obs[c].reindex(source_obs.index)
