@@ -67,6 +67,26 @@ def test_negative_log_likelihood_matches_torch_distributions(likelihood):
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("likelihood", ["bernoulli", "poisson", "nb"])
+def test_sparse_likelihood_and_encoder_input_equal_the_dense_ones(likelihood):
+    torch.manual_seed(0)
+    module = PeakVAEModule(60, n_batch=2, likelihood=likelihood, n_hidden=8, n_latent=3)
+    x = torch.poisson(torch.full((7, 60), 0.2))
+    batch = torch.tensor([[0], [1], [0], [1], [1], [0], [0]])
+    inf = module.inference(x, batch)
+    gen = module.generative(inf["z"], inf["library"], batch)
+    log_rate = torch.log_softmax(gen["logits"], -1) + torch.log(inf["library"])
+    dense = module._nll(x, log_rate, batch)
+    sparse = module._nll_sparse(x, gen["logits"], inf["library"], batch, inf["nonzero"])
+    torch.testing.assert_close(sparse, dense, rtol=1e-4, atol=1e-3)
+    rows, cols, vals = inf["nonzero"]
+    n_open = (x > 0).sum(-1).float()
+    for transform in ("tfidf", "log1p", "binary"):
+        module.input_transform = transform
+        got = module._sparse_encoder_input(rows, cols, vals, n_open, x.shape).to_dense()
+        torch.testing.assert_close(got, module._encoder_input(x))
+
+
 def test_tfidf_encoder_input_matches_pp_tfidf():
     X = np.random.default_rng(0).poisson(0.2, size=(30, 40)).astype(np.float32)
     X[0] = 0  # an empty cell must not divide by zero

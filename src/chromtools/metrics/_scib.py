@@ -15,6 +15,15 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _exact_neighbors(X: np.ndarray, k: int):
+    """Exact neighbours with scikit-learn (no numba compilation, deterministic)."""
+    from scib_metrics.nearest_neighbors import NeighborsResults
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, idx = NearestNeighbors(n_neighbors=k).fit(X).kneighbors(X)
+    return NeighborsResults(indices=idx, distances=dist)
+
+
 def scib_scores(
     adata: AnnData,
     batch_key: str,
@@ -98,6 +107,7 @@ def scib_scores(
         n_jobs=n_jobs,
         progress_bar=False,
     )
+    bm.prepare(neighbor_computer=_exact_neighbors)
     bm.benchmark()
     res = bm.get_results(min_max_scale=False)
     res = res.loc[[k for k in res.index if k in set(embedding_keys)]]

@@ -125,7 +125,11 @@ class _BatchMLP(nn.Module):
         self.norm = nn.LayerNorm(n_hidden, elementwise_affine=False)
 
     def forward(self, x: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        h = self.first(x) + self.batch_weight[batch_index.long().view(-1)]
+        if x.is_sparse:  # sparse peak input: only the open peaks cost anything
+            h = torch.sparse.mm(x, self.first.weight.T) + self.first.bias
+        else:
+            h = self.first(x)
+        h = h + self.batch_weight[batch_index.long().view(-1)]
         h = self.dropout(F.leaky_relu(self.norm(h)))
         for layer in self.rest:
             h = self.dropout(F.leaky_relu(self.norm(layer(h))))
@@ -236,22 +240,46 @@ class PeakVAEModule(BaseModuleClass):
         tf = xb / xb.sum(-1, keepdim=True).clamp(min=1.0)
         return torch.log1p(tf * self.idf * 1e4)
 
+    def _sparse_encoder_input(self, rows, cols, vals, n_open, shape) -> torch.Tensor:
+        """The encoder input of :meth:`_encoder_input` as a sparse tensor (same values)."""
+        if self.input_transform == "log1p":
+            v = torch.log1p(vals)
+        elif self.input_transform == "binary":
+            v = torch.ones_like(vals)
+        else:
+            v = torch.log1p(self.idf[cols] / n_open.clamp(min=1.0)[rows] * 1e4)
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), v, shape, is_coalesced=True, check_invariants=False)
+
     def _get_inference_input(self, tensors, **kwargs):
         return {"x": tensors[X_KEY], "batch_index": tensors[BATCH_KEY]}
 
     @auto_move_data
     def inference(self, x: torch.Tensor, batch_index: torch.Tensor, n_samples: int = 1) -> dict:
-        """Posterior of the latent code; ``z`` is a reparameterised sample."""
-        h = self.encoder(self._encoder_input(x), batch_index)
+        """Posterior of the latent code; ``z`` is a reparameterised sample.
+
+        Peak matrices are sparse (a few % of peaks are open in a cell), so the first encoder
+        layer and the likelihood only touch the non-zero entries.
+        """
+        if x.is_sparse or x.layout != torch.strided:
+            x = x.to_dense()
+        rows, cols = torch.nonzero(x, as_tuple=True)
+        vals = x[rows, cols]
+        n_open = torch.bincount(rows, minlength=x.shape[0]).to(x.dtype)
+        inp = self._sparse_encoder_input(rows, cols, vals, n_open, x.shape)
+        h = self.encoder(inp, batch_index)
         qz_m = self.z_mean(h)
         qz_v = torch.exp(self.z_logvar(h).clamp(-12.0, 8.0)) + 1e-5
         qz = Normal(qz_m, qz_v.sqrt())
         z = qz.rsample() if n_samples == 1 else qz.rsample((n_samples,))
-        if self.likelihood == "bernoulli":
-            library = (x > 0).sum(-1, keepdim=True).to(x.dtype)
-        else:
-            library = x.sum(-1, keepdim=True)
-        return {"z": z, "qz": qz, "qzm": qz_m, "qzv": qz_v, "library": library.clamp(min=1.0)}
+        library = n_open if self.likelihood == "bernoulli" else x.sum(-1)
+        return {
+            "z": z,
+            "qz": qz,
+            "qzm": qz_m,
+            "qzv": qz_v,
+            "library": library.clamp(min=1.0)[:, None],
+            "nonzero": (rows, cols, vals),
+        }
 
     # -- generative ----------------------------------------------------------------------------
     def _get_generative_input(self, tensors, inference_outputs, **kwargs):
@@ -263,10 +291,30 @@ class PeakVAEModule(BaseModuleClass):
 
     @auto_move_data
     def generative(self, z: torch.Tensor, library: torch.Tensor, batch_index: torch.Tensor) -> dict:
-        """Per-peak log-rate (softmax over peaks, scaled by the cell's library)."""
+        """Per-peak logits; the rate is ``library · softmax(logits)``."""
         h = self.decoder(z, batch_index)
-        log_rate = F.log_softmax(self.px_logits(h), dim=-1) + torch.log(library)
-        return {"log_rate": log_rate}
+        return {"logits": self.px_logits(h), "library": library}
+
+    def _nll_sparse(self, x, logits, library, batch_index, nonzero) -> torch.Tensor:
+        """The negative log-likelihood of :meth:`_nll`, touching only the open peaks where possible.
+
+        With ``rate = library · softmax(logits)``, the rates of a cell sum to its library, so the
+        zero entries of the Bernoulli (``-rate``) and Poisson (``rate``) terms add up to
+        ``library`` minus the rates of the open peaks.
+        """
+        if self.likelihood == "nb":
+            return self._nll(x, F.log_softmax(logits, -1) + torch.log(library), batch_index)
+        rows, cols, vals = nonzero
+        lse = torch.logsumexp(logits, dim=-1)
+        log_rate = logits[rows, cols] - lse[rows] + torch.log(library[:, 0])[rows]
+        lib = library[:, 0]
+        if self.likelihood == "bernoulli":
+            rate = torch.exp(log_rate).clamp(min=1e-8)
+            # -[log(1 - e^-r) over open peaks - sum of r over closed peaks] = lib - sum_open [r + log(1 - e^-r)]
+            per_open = rate + torch.log(-torch.expm1(-rate))
+        else:
+            per_open = vals * log_rate - torch.lgamma(vals + 1)
+        return lib - torch.zeros_like(lib).index_add(0, rows, per_open)
 
     def _nll(self, x: torch.Tensor, log_rate: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
         if self.likelihood == "bernoulli":
@@ -313,7 +361,9 @@ class PeakVAEModule(BaseModuleClass):
         batch_index = tensors[BATCH_KEY]
         labels = tensors.get(LABELS_KEY) if self.n_labels > 0 else None
         qz_m, qz_v = inference_outputs["qzm"], inference_outputs["qzv"]
-        rec = self._nll(x, generative_outputs["log_rate"], batch_index)
+        rec = self._nll_sparse(
+            x, generative_outputs["logits"], generative_outputs["library"], batch_index, inference_outputs["nonzero"]
+        )
         kl = self._kl(qz_m, qz_v, labels)
         loss = (rec + kl_weight * kl).mean()
         extra: dict[str, torch.Tensor] = {}

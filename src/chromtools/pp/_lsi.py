@@ -103,7 +103,7 @@ def lsi(
             msg = f"n_comps must be between 2 and {min(adata.shape) - 1}, got {n_comps}."
             raise ValueError(msg)
         T, idf = tfidf_matrix(X)
-        U, S, Vt = randomized_svd(T, n_components=n_comps, random_state=random_state, n_iter=5)
+        _, S, Vt = randomized_svd(T, n_components=n_comps, random_state=random_state, n_iter=5)
         loadings = Vt.T.astype(np.float32)
         adata.varm[key_added] = loadings
         adata.uns[key_added] = {
@@ -117,7 +117,8 @@ def lsi(
                 "random_state": random_state,
             },
         }
-        coords = (U * S).astype(np.float32)
+        # T @ V (= U S for an exact SVD) is exactly what a projected query gets
+        coords = np.asarray(T @ loadings, dtype=np.float32)
     else:
         from chromtools.tl._mapping import _aligned_matrix, feature_indexer
 
