@@ -68,7 +68,7 @@ class PeakSCANVI(PeakReferenceModel):
         dropout_rate: float = 0.1,
         likelihood: Likelihood = "bernoulli",
         input_transform: InputTransform = "tfidf",
-        classification_weight: float = 100.0,
+        classification_weight: float = 20.0,
         label_prior: bool = True,
         mmd_weight: float = 0.0,
     ):
