@@ -38,7 +38,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, machine, peak_rss_mb, require_data, timer, write_results  # noqa: E402
+from _common import DATA, machine, peak_rss_mb, require_data, timer, write_results
 
 DATASETS = {
     "granja_fwd": {"labels": ["cell_type", "cell_type_coarse"], "batch": "batch"},
@@ -147,7 +147,7 @@ def run_scvi(kind: str, epochs: int, ref, query, labels, batch, seed):
         "frozen_identical": bool(drift["identical"].all()),
         "frozen_max_abs_diff": float(drift["max_abs_diff"].max()),
     }
-    return {key: (z_ref, z_q) for key in labels}, times, dict.fromkeys(labels, extra_one)
+    return dict.fromkeys(labels, (z_ref, z_q)), times, dict.fromkeys(labels, extra_one)
 
 
 def n_epochs(model) -> int:
@@ -165,7 +165,7 @@ def run_lsi(ref, query, labels, batch, seed):
     with timer() as t_q:
         ct.pp.lsi(q, reference=r)
     times = {key: {"reference_s": t_ref["seconds"], "query_s": t_q["seconds"]} for key in labels}
-    return {key: (r.obsm["X_lsi"], q.obsm["X_lsi"]) for key in labels}, times, {key: {} for key in labels}
+    return dict.fromkeys(labels, (r.obsm["X_lsi"], q.obsm["X_lsi"])), times, {key: {} for key in labels}
 
 
 # ----------------------------------------------------------------------------------------------
