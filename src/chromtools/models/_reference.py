@@ -187,6 +187,11 @@ class PeakVAEModule(BaseModuleClass):
         their label's component, unlabelled cells the classifier-weighted mixture), so that the
         latent space is organised by cell type and query surgery is pulled towards the labelled
         clusters (scANVI-like).
+    input_dropout
+        Fraction of a cell's open peaks hidden from the encoder in each training step (the
+        decoder still reconstructs all of them): the encoder learns to place a cell from a
+        subsample of its reads, as a shallower query would give it. Off in eval mode, so
+        surgery and inference see every peak.
     """
 
     def __init__(
@@ -205,6 +210,7 @@ class PeakVAEModule(BaseModuleClass):
         mmd_weight: float = 0.0,
         classification_weight: float = 0.0,
         label_prior: bool = False,
+        input_dropout: float = 0.0,
     ):
         super().__init__()
         if likelihood not in LIKELIHOODS:
@@ -216,6 +222,10 @@ class PeakVAEModule(BaseModuleClass):
         self.n_input, self.n_batch, self.n_labels, self.n_latent = n_input, n_batch, n_labels, n_latent
         self.likelihood, self.input_transform = likelihood, input_transform
         self.mmd_weight, self.classification_weight, self.label_prior = mmd_weight, classification_weight, label_prior
+        if not 0.0 <= input_dropout < 1.0:
+            msg = f"input_dropout must be in [0, 1), got {input_dropout}."
+            raise ValueError(msg)
+        self.input_dropout = input_dropout
         idf_t = torch.ones(n_input) if idf is None else torch.as_tensor(np.asarray(idf, np.float32))
         self.register_buffer("idf", idf_t)
         self.encoder = _BatchMLP(n_input, n_hidden, n_batch, n_layers, dropout_rate)
@@ -265,7 +275,12 @@ class PeakVAEModule(BaseModuleClass):
         rows, cols = torch.nonzero(x, as_tuple=True)
         vals = x[rows, cols]
         n_open = torch.bincount(rows, minlength=x.shape[0]).to(x.dtype)
-        inp = self._sparse_encoder_input(rows, cols, vals, n_open, x.shape)
+        if self.training and self.input_dropout > 0:
+            keep = torch.rand(rows.shape[0], device=x.device) >= self.input_dropout
+            r, c, v = rows[keep], cols[keep], vals[keep]
+            inp = self._sparse_encoder_input(r, c, v, torch.bincount(r, minlength=x.shape[0]).to(x.dtype), x.shape)
+        else:
+            inp = self._sparse_encoder_input(rows, cols, vals, n_open, x.shape)
         h = self.encoder(inp, batch_index)
         qz_m = self.z_mean(h)
         qz_v = torch.exp(self.z_logvar(h).clamp(-12.0, 8.0)) + 1e-5

@@ -56,6 +56,8 @@ class PeakSCANVI(PeakReferenceModel):
         Use the per-label Gaussian-mixture prior (otherwise a standard normal prior).
     mmd_weight
         Weight of an MMD penalty between batches (0: none).
+    input_dropout
+        Fraction of each cell's open peaks hidden from the encoder in a training step.
     """
 
     def __init__(
@@ -71,6 +73,7 @@ class PeakSCANVI(PeakReferenceModel):
         classification_weight: float = 20.0,
         label_prior: bool = True,
         mmd_weight: float = 0.0,
+        input_dropout: float = 0.0,
     ):
         super().__init__(adata, registry)
         mapping = self._label_mapping()
@@ -88,6 +91,7 @@ class PeakSCANVI(PeakReferenceModel):
             "mmd_weight": mmd_weight,
             "classification_weight": classification_weight,
             "label_prior": label_prior,
+            "input_dropout": input_dropout,
         }
         self._init_common(adata, module_kwargs, n_labels=n_labels)
         self.labels_ = np.asarray(mapping[:-1]).astype(str)

@@ -45,6 +45,8 @@ class PeakTRVAE(PeakReferenceModel):
         Encoder input: ``'tfidf'``, ``'log1p'`` or ``'binary'``.
     mmd_weight
         Weight of the MMD penalty between batches.
+    input_dropout
+        Fraction of each cell's open peaks hidden from the encoder in a training step.
 
     Examples
     --------
@@ -65,6 +67,7 @@ class PeakTRVAE(PeakReferenceModel):
         likelihood: Likelihood = "bernoulli",
         input_transform: InputTransform = "tfidf",
         mmd_weight: float = 100.0,
+        input_dropout: float = 0.0,
     ):
         super().__init__(adata, registry)
         module_kwargs = {
@@ -75,6 +78,7 @@ class PeakTRVAE(PeakReferenceModel):
             "likelihood": likelihood,
             "input_transform": input_transform,
             "mmd_weight": mmd_weight,
+            "input_dropout": input_dropout,
         }
         self._init_common(adata, module_kwargs, n_labels=0)
         self._model_summary_string = (

@@ -29,10 +29,19 @@ def _frame(data, mod: str | None, use_rep: str):
 
 
 def _umap(coords: np.ndarray, random_state: int) -> np.ndarray:
+    import torch
     import umap
 
     n_neighbors = int(min(15, max(2, coords.shape[0] - 1)))
-    return umap.UMAP(n_neighbors=n_neighbors, min_dist=0.3, random_state=random_state, n_jobs=1).fit_transform(coords)
+    # numba's OpenMP layer resets the OpenMP thread count that torch shares, which slows every
+    # later torch computation in the session: restore it.
+    threads = torch.get_num_threads()
+    try:
+        return umap.UMAP(n_neighbors=n_neighbors, min_dist=0.3, random_state=random_state, n_jobs=1).fit_transform(
+            coords
+        )
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _show(fig: Figure, show: bool | None) -> None:
