@@ -231,3 +231,33 @@ def test_load_refuses_an_incompatible_version(trained, tmp_path):
         ct.models.check_saved_reference(path, model_name="PeakTRVAE")
     with pytest.raises(FileNotFoundError, match="holds no saved model"):
         ct.models.check_saved_reference(tmp_path / "nothing")
+
+
+def test_mmd_penalty_mixes_batches():
+    from sklearn.neighbors import NearestNeighbors
+
+    a = ct.datasets.simulate_scatac(800, 400, n_cell_types=3, n_batches=2, batch_effect=1.5, random_state=0)
+    batch = a.obs["batch"].cat.codes.to_numpy()
+    mixing = {}
+    for weight in (0.0, 10.0):
+        model = ct.tl.train_reference(
+            a.copy(), "batch", model="peaktrvae", max_epochs=40, model_kwargs={**SMALL, "mmd_weight": weight}
+        )
+        z = model.get_latent_representation()
+        idx = NearestNeighbors(n_neighbors=16).fit(z).kneighbors(z, return_distance=False)[:, 1:]
+        mixing[weight] = (batch[idx] != batch[:, None]).mean()  # 0.5 = perfectly mixed
+    assert mixing[0.0] < 0.1 < 0.3 < mixing[10.0]
+
+
+def test_input_dropout_only_in_training_mode():
+    torch.manual_seed(0)
+    module = PeakVAEModule(100, input_dropout=0.5, n_hidden=8, n_latent=2)
+    x = torch.poisson(torch.full((4, 100), 0.5))
+    batch = torch.zeros(4, 1)
+    module.train()
+    a, b = module.inference(x, batch)["qzm"], module.inference(x, batch)["qzm"]
+    assert not torch.allclose(a, b)
+    module.eval()
+    torch.testing.assert_close(module.inference(x, batch)["qzm"], module.inference(x, batch)["qzm"])
+    with pytest.raises(ValueError, match="input_dropout must be in"):
+        PeakVAEModule(10, input_dropout=1.0)
