@@ -1,6 +1,6 @@
 """Models built on scvi-tools base classes."""
 
-from ._arches import freeze_for_surgery, frozen_weight_drift, reference_state_dict
+from ._arches import freeze_for_surgery, frozen_weight_drift, reference_state_dict, surgery_ready_kwargs
 from ._reference import PeakVAEModule, check_saved_reference
 from ._ssvae import PeakSCANVI
 from ._trvae import PeakTRVAE
@@ -13,4 +13,5 @@ __all__ = [
     "freeze_for_surgery",
     "frozen_weight_drift",
     "reference_state_dict",
+    "surgery_ready_kwargs",
 ]

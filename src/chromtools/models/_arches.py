@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -97,3 +98,33 @@ def frozen_weight_drift(reference_state: dict[str, torch.Tensor], query_model) -
         diff = 0.0 if same else float((block.double() - ref.double()).abs().max()) if block.numel() else 0.0
         rows.append((name, diff, same))
     return pd.DataFrame(rows, columns=["tensor", "max_abs_diff", "identical"])
+
+
+def surgery_ready_kwargs(kind: Literal["peakvi", "poissonvi", "multivi"]) -> dict[str, Any]:
+    """Constructor arguments that make an scvi-tools model fit for architecture surgery.
+
+    scvi-tools' ATAC models do not encode the batch by default (``encode_covariates=False``),
+    which makes surgery a no-op on the latent space; chromtools turns it on and keeps layer norm
+    (no batch norm, whose statistics would shift with the query) and covariates in the first
+    layer only, as the scArches authors recommend.
+
+    Parameters
+    ----------
+    kind
+        ``'peakvi'``, ``'poissonvi'`` or ``'multivi'``.
+
+    Returns
+    -------
+    Keyword arguments for the model's constructor (e.g. ``scvi.model.PEAKVI(adata, **kwargs)``).
+    """
+    if kind == "peakvi" or kind == "multivi":
+        return {
+            "encode_covariates": True,
+            "deeply_inject_covariates": False,
+            "use_layer_norm": "both",
+            "use_batch_norm": "none",
+        }
+    if kind == "poissonvi":  # POISSONVI hard-codes layer norm and no batch norm
+        return {"encode_covariates": True, "deeply_inject_covariates": False}
+    msg = f"kind must be 'peakvi', 'poissonvi' or 'multivi', got {kind!r}."
+    raise ValueError(msg)

@@ -468,6 +468,15 @@ def _silence_training_warnings():
     return ctx
 
 
+def trained_epochs(model) -> int:
+    """Number of epochs a model (chromtools or scvi-tools) was trained for, from its history."""
+    hist = getattr(model, "history", None) or {}
+    for key in ("elbo_train", "train_loss", "train_loss_epoch"):
+        if key in hist:
+            return len(hist[key])
+    return 0
+
+
 def default_max_epochs(n_obs: int, *, cap: int = 200, floor: int = 20) -> int:
     """Epoch budget by data size: about 1.5 million cell passes, between ``floor`` and ``cap``."""
     return int(min(cap, max(floor, round(1_500_000 / max(n_obs, 1)))))

@@ -16,6 +16,8 @@ import torch
 
 from chromtools._docs import doc_params
 from chromtools._utils import get_modality, log_time
+from chromtools.models._arches import surgery_ready_kwargs
+from chromtools.models._reference import trained_epochs
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -37,26 +39,6 @@ _SCVI_BATCH_PLACEHOLDER = "_scvi_batch"
 # ----------------------------------------------------------------------------------------------
 # building and training a reference
 # ----------------------------------------------------------------------------------------------
-def surgery_ready_kwargs(kind: ReferenceKind) -> dict[str, Any]:
-    """Constructor arguments that make an scvi-tools model fit for architecture surgery.
-
-    scvi-tools' ATAC models do not encode the batch by default (``encode_covariates=False``),
-    which makes surgery a no-op on the latent space; chromtools turns it on and keeps layer norm
-    (no batch norm, whose statistics would shift with the query) and covariates in the first
-    layer only, as the scArches authors recommend.
-    """
-    if kind == "peakvi" or kind == "multivi":
-        return {
-            "encode_covariates": True,
-            "deeply_inject_covariates": False,
-            "use_layer_norm": "both",
-            "use_batch_norm": "none",
-        }
-    if kind == "poissonvi":  # POISSONVI hard-codes layer norm and no batch norm
-        return {"encode_covariates": True, "deeply_inject_covariates": False}
-    return {}
-
-
 def _model_classes() -> dict[str, type]:
     from chromtools.models import PeakSCANVI, PeakTRVAE
 
@@ -112,7 +94,7 @@ def train_reference(
         ``'peaktrvae'`` (MMD between batches, the default without labels), scvi-tools'
         ``'peakvi'`` or ``'poissonvi'`` (ATAC) or ``'multivi'`` (RNA+ATAC MuData, the default for
         a MuData with ``'rna'`` and ``'atac'``), configured for surgery
-        (:func:`surgery_ready_kwargs`).
+        (:func:`chromtools.models.surgery_ready_kwargs`).
     layer
         Layer of raw peak counts (default ``X``).
     rna_layer
@@ -218,9 +200,7 @@ def train_reference(
                     rna_layer=rna_layer,
                     atac_layer=layer,
                     batch_key=batch_key,
-                    modalities={"rna_layer": "rna", "atac_layer": "atac", "batch_key": "rna"}
-                    if batch_key not in target.obs
-                    else {"rna_layer": "rna", "atac_layer": "atac"},
+                    modalities={"rna_layer": "rna", "atac_layer": "atac"},
                 )
                 ref_model = cls(target, **kwargs)
             else:
@@ -256,7 +236,7 @@ def train_reference(
             "labels_key": labels_key,
             "layer": layer,
             "random_state": random_state,
-            "n_epochs": int(len(ref_model.history["train_loss"])) if ref_model.history else 0,
+            "n_epochs": trained_epochs(ref_model),
         }
     }
     if store_labels and hasattr(ref_model, "store_reference"):
@@ -777,7 +757,7 @@ def map_query(
                 random_state=random_state,
                 progress=progress,
             )
-        n_epochs = int(len(qm.history["train_loss"])) if qm.history else 0
+        n_epochs = trained_epochs(qm)
     drift = frozen_weight_drift(ref.state, qm)
     identical = bool(drift["identical"].all())
     if not identical:
