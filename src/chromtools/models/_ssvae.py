@@ -73,7 +73,7 @@ class PeakSCANVI(PeakReferenceModel):
         classification_weight: float = 20.0,
         label_prior: bool = True,
         mmd_weight: float = 0.0,
-        input_dropout: float = 0.0,
+        input_dropout: float = 0.5,
     ):
         super().__init__(adata, registry)
         mapping = self._label_mapping()

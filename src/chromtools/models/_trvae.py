@@ -66,7 +66,7 @@ class PeakTRVAE(PeakReferenceModel):
         dropout_rate: float = 0.1,
         likelihood: Likelihood = "bernoulli",
         input_transform: InputTransform = "tfidf",
-        mmd_weight: float = 100.0,
+        mmd_weight: float = 1.0,
         input_dropout: float = 0.0,
     ):
         super().__init__(adata, registry)
