@@ -261,3 +261,34 @@ def test_input_dropout_only_in_training_mode():
     torch.testing.assert_close(module.inference(x, batch)["qzm"], module.inference(x, batch)["qzm"])
     with pytest.raises(ValueError, match="input_dropout must be in"):
         PeakVAEModule(10, input_dropout=1.0)
+
+
+def test_best_weights_callback_restores_the_best_epoch():
+    from types import SimpleNamespace
+
+    from chromtools.models._reference import BestWeights
+
+    module = torch.nn.Linear(2, 1)
+    pl_module = SimpleNamespace(module=module)
+    cb = BestWeights("validation_loss")
+    snapshots = []
+    for epoch, loss in enumerate([3.0, 1.0, 2.0, 1.5]):
+        with torch.no_grad():
+            module.weight.fill_(float(epoch))
+        snapshots.append(module.weight.detach().clone())
+        trainer = SimpleNamespace(
+            sanity_checking=False, current_epoch=epoch, callback_metrics={"validation_loss": torch.tensor(loss)}
+        )
+        cb.on_validation_epoch_end(trainer, pl_module)
+    cb.on_train_end(trainer, pl_module)
+    assert cb.best_epoch == 1 and torch.equal(module.weight, snapshots[1])
+
+
+def test_early_stopping_stops_and_keeps_the_best_validation_epoch(sim):
+    adata = sim.copy()
+    ct.models.PeakSCANVI.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
+    model = ct.models.PeakSCANVI(adata, **SMALL, classification_weight=200.0)
+    model.train(max_epochs=200, early_stopping_patience=3, lr=1e-2)
+    val = model.history["validation_loss"].astype(float).iloc[:, 0].to_numpy()
+    assert len(val) < 200  # stopped early
+    assert int(np.argmin(val)) == len(val) - 1 - 3  # the best epoch is `patience` epochs before the end

@@ -435,6 +435,40 @@ class ModuleModeCallback(Callback):
         self._apply(pl_module)
 
 
+class BestWeights(Callback):
+    """Keep the module weights of the epoch with the lowest ``monitor`` value and restore them at the end.
+
+    An in-memory alternative to checkpoint folders: no files are written.
+    """
+
+    def __init__(self, monitor: str = "validation_loss"):
+        super().__init__()
+        self.monitor = monitor
+        self.best: float = float("inf")
+        self.best_epoch: int | None = None
+        self._state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        """Copy the weights when the monitored metric improved."""
+        if trainer.sanity_checking:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if value < self.best:
+            self.best, self.best_epoch = value, trainer.current_epoch
+            module = getattr(pl_module, "module", pl_module)
+            self._state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def on_train_end(self, trainer, pl_module):
+        """Restore the best weights."""
+        if self._state is not None:
+            module = getattr(pl_module, "module", pl_module)
+            module.load_state_dict(self._state)
+            logger.info("Restored the weights of epoch %d (%s %.4g)", self.best_epoch, self.monitor, self.best)
+
+
 class PeakTrainingPlan(TrainingPlan):
     """scvi-tools' :class:`~scvi.train.TrainingPlan`, also logging the classifier's accuracy."""
 
@@ -525,6 +559,7 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         batch_size: int = 256,
         early_stopping: bool = True,
         early_stopping_patience: int = 5,
+        early_stopping_monitor: str = "validation_loss",
         n_epochs_kl_warmup: int | None = 10,
         weight_decay: float = 1e-6,
         train_size: float = 0.9,
@@ -546,9 +581,13 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         batch_size
             Minibatch size.
         early_stopping
-            Stop when the validation loss has not improved for ``early_stopping_patience`` epochs.
+            Stop when the monitored validation metric has not improved for
+            ``early_stopping_patience`` epochs, and restore the best epoch's weights.
         early_stopping_patience
             Epochs without improvement before stopping.
+        early_stopping_monitor
+            Validation metric to watch (``'validation_loss'``, ``'elbo_validation'``...); the
+            weights of its best epoch are restored at the end.
         n_epochs_kl_warmup
             Epochs over which the KL weight ramps from 0 to 1.
         weight_decay
@@ -576,21 +615,14 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         mode = trainer_kwargs.pop("module_mode", "train")
         callbacks.append(ModuleModeCallback(mode))
         if early_stopping and train_size < 1.0:
-            from scvi.train import SaveCheckpoint
+            from lightning.pytorch.callbacks import EarlyStopping
 
-            trainer_kwargs.setdefault("early_stopping_monitor", "validation_loss")
-            trainer_kwargs.setdefault("early_stopping_patience", early_stopping_patience)
-            trainer_kwargs.setdefault("early_stopping_min_delta", 0.0)
-            ckpt_dir = trainer_kwargs.pop("checkpoint_dir", None)
-            import tempfile
-
-            tmp = tempfile.mkdtemp(prefix="chromtools_ckpt_") if ckpt_dir is None else ckpt_dir
             callbacks.append(
-                SaveCheckpoint(dirpath=tmp, monitor=trainer_kwargs["early_stopping_monitor"], load_best_on_end=True)
+                EarlyStopping(
+                    monitor=early_stopping_monitor, patience=early_stopping_patience, mode="min", verbose=False
+                )
             )
-        else:
-            early_stopping = False
-            tmp = None
+            callbacks.append(BestWeights(early_stopping_monitor))
         ctx = _silence_training_warnings()
         import scvi
 
@@ -603,7 +635,7 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
                 devices=devices,
                 train_size=train_size,
                 batch_size=batch_size,
-                early_stopping=early_stopping,
+                early_stopping=False,
                 plan_kwargs=plan,
                 callbacks=callbacks,
                 enable_progress_bar=progress,
@@ -613,10 +645,6 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         finally:
             scvi.settings.verbosity = verbosity
             ctx.__exit__(None, None, None)
-            if tmp is not None and trainer_kwargs.get("checkpoint_dir") is None:
-                import shutil
-
-                shutil.rmtree(tmp, ignore_errors=True)
         self.module.eval()
         return self
 

@@ -58,6 +58,27 @@ class PeakSCANVI(PeakReferenceModel):
         Weight of an MMD penalty between batches (0: none).
     input_dropout
         Fraction of each cell's open peaks hidden from the encoder in a training step.
+
+    Notes
+    -----
+    The defaults were chosen by mapping Granja et al. 2019 donor D5T1 onto a D6T1 reference
+    (16 fine cell types, 10,000 peaks) and scoring 15-NN label transfer on the query: the
+    label supervision is what matters (an unsupervised VAE of the same architecture reaches
+    about 0.57 accuracy, this model about 0.73); a classification weight of 20 beat 5, 50 and
+    100 (a high weight makes the validation loss, and so early stopping, follow the classifier's
+    over-fitting after 2-3 epochs); hiding half of each cell's open peaks from the encoder
+    (``input_dropout=0.5``) gained about 0.02 accuracy and macro-F1 over 0 and 0.3 on two
+    seeds, 0.7 did not; learning rate 3e-3 converged in 3x fewer epochs than 1e-3 at equal
+    accuracy; Poisson likelihood, 32 latent dimensions, 128 hidden units, encoder dropout 0.3
+    or no mixture prior did not help.
+
+    Examples
+    --------
+    >>> import chromtools as ct
+    >>> sim = ct.datasets.simulate_scatac(1000, 2000, n_batches=2)
+    >>> ct.models.PeakSCANVI.setup_anndata(sim, batch_key="batch", labels_key="cell_type")
+    >>> model = ct.models.PeakSCANVI(sim).train(max_epochs=5)
+    >>> model.predict().head()  # doctest: +SKIP
     """
 
     def __init__(

@@ -48,6 +48,14 @@ class PeakTRVAE(PeakReferenceModel):
     input_dropout
         Fraction of each cell's open peaks hidden from the encoder in a training step.
 
+    Notes
+    -----
+    ``mmd_weight=1`` was chosen on Granja et al. 2019 (donor D5T1 mapped onto D6T1, 15-NN
+    label transfer): 0.59 accuracy against 0.57 without MMD and 0.53 / 0.48 with weights 10 /
+    100 — the donors' cell-type proportions differ, and a strong MMD forces their latent
+    distributions to match anyway. With similar compositions and a strong batch effect, larger
+    weights mix batches better.
+
     Examples
     --------
     >>> import chromtools as ct
