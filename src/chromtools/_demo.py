@@ -14,6 +14,41 @@ from chromtools._utils import PathLike, log_time
 logger = logging.getLogger(__name__)
 
 
+def _demo_mapping(scatac, out: Path, *, fast: bool, random_state: int) -> dict[str, str]:
+    """Reference mapping on the simulated scATAC set: its last batch holds a cell type the reference lacks."""
+    import matplotlib.pyplot as plt
+
+    from . import metrics, tl
+
+    ref = scatac[scatac.obs["batch"] != "batch_2"].copy()
+    query = scatac[scatac.obs["batch"] == "batch_2"].copy()
+    model = tl.train_reference(
+        ref, "batch", "cell_type", max_epochs=15 if fast else None, random_state=random_state, accelerator="cpu"
+    )
+    model.save(out / "mapping_reference", overwrite=True)
+    tl.map_query(query, str(out / "mapping_reference"), random_state=random_state, accelerator="cpu")
+    tl.transfer_labels(query, ref, "cell_type")
+    paths = {"mapping_reference": str(out / "mapping_reference" / "model.pt")}
+    path = out / "mapping_query.h5ad"
+    query.write_h5ad(path)
+    paths["mapping_query"] = str(path)
+    report = metrics.classification_report(query.obs["cell_type"], query.obs["cell_type_pred"])
+    path = out / "mapping_report.csv"
+    report.to_csv(path)
+    paths["mapping_report"] = str(path)
+    fig = pl.mapping_umap(query, ref, show=False)
+    path = out / "mapping_umap.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths["mapping_umap"] = str(path)
+    fig = pl.confusion_matrix(query, "cell_type", "cell_type_pred", show=False)
+    path = out / "mapping_confusion.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    paths["mapping_confusion"] = str(path)
+    return paths
+
+
 def run_demo(out_dir: PathLike, *, fast: bool = False, random_state: int = 0) -> dict[str, str]:
     """Run every chromtools capability on data simulated by :mod:`chromtools.datasets`.
 
@@ -47,6 +82,11 @@ def run_demo(out_dir: PathLike, *, fast: bool = False, random_state: int = 0) ->
         path = out / "scatac_simulated.h5ad"
         scatac.write_h5ad(path)
     outputs["scatac"] = str(path)
+
+    # ---- reference mapping (ct.tl.train_reference / map_query / transfer_labels) -----------------
+    with log_time("Reference mapping: train on batch_0/1, map batch_2 by surgery, transfer labels", logger):
+        outputs.update(_demo_mapping(scatac, out, fast=fast, random_state=random_state))
+    # ---------------------------------------------------------------------------------------------
 
     with log_time("Simulating time-course gene activity with planted modules", logger):
         tc = datasets.simulate_timecourse(300 if fast else 1_000, random_state=random_state)

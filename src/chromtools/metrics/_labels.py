@@ -1,0 +1,182 @@
+"""Scores of label transfer: accuracy, macro-F1, per-class report, unknown-cell detection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+
+def _as_str(values, name: str) -> np.ndarray:
+    s = pd.Series(np.asarray(values, dtype=object))
+    if s.isna().any():
+        msg = f"{name} has {int(s.isna().sum())} missing values (NaN); drop those cells or label them."
+        raise ValueError(msg)
+    return s.astype(str).to_numpy()
+
+
+def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
+    t, p = _as_str(y_true, "y_true"), _as_str(y_pred, "y_pred")
+    if t.shape != p.shape:
+        msg = f"y_true and y_pred differ in length ({t.size} vs {p.size})."
+        raise ValueError(msg)
+    if t.size == 0:
+        msg = "No cells to score."
+        raise ValueError(msg)
+    return t, p
+
+
+def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
+    """Fraction of cells whose predicted label equals the true label.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        True and predicted labels (compared as strings; a prediction of ``'Unknown'`` counts as
+        wrong unless the true label is ``'Unknown'``).
+    """
+    t, p = _pair(y_true, y_pred)
+    return float(np.mean(t == p))
+
+
+def classification_report(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
+    """Per-class precision, recall, F1 and support, with each class's most frequent confusion.
+
+    Parameters
+    ----------
+    y_true, y_pred
+        True and predicted labels.
+
+    Returns
+    -------
+    One row per true class (sorted by support): ``precision``, ``recall``, ``f1``, ``support``,
+    ``n_predicted``, ``most_confused_with`` and its share ``confused_fraction``.
+    """
+    t, p = _pair(y_true, y_pred)
+    classes = pd.Index(np.unique(t))
+    rows = []
+    for c in classes:
+        is_t, is_p = t == c, p == c
+        tp = int(np.sum(is_t & is_p))
+        support, n_pred = int(is_t.sum()), int(is_p.sum())
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / support if support else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        wrong = pd.Series(p[is_t & ~is_p]).value_counts()
+        confused = str(wrong.index[0]) if len(wrong) else ""
+        frac = float(wrong.iloc[0] / support) if len(wrong) else 0.0
+        rows.append((c, precision, recall, f1, support, n_pred, confused, frac))
+    df = pd.DataFrame(
+        rows,
+        columns=[
+            "label",
+            "precision",
+            "recall",
+            "f1",
+            "support",
+            "n_predicted",
+            "most_confused_with",
+            "confused_fraction",
+        ],
+    ).set_index("label")
+    return df.sort_values("support", ascending=False)
+
+
+def macro_f1(y_true: Sequence, y_pred: Sequence) -> float:
+    """Unweighted mean over the true classes of the per-class F1 score.
+
+    Classes that occur only among the predictions (e.g. ``'Unknown'``) are not averaged
+    over; predicting them still lowers the recall of the true classes.
+    """
+    return float(classification_report(y_true, y_pred)["f1"].mean())
+
+
+def unknown_detection_auroc(is_unknown: Sequence[bool], uncertainty: Sequence[float]) -> float:
+    """Area under the ROC curve of ``uncertainty`` for telling unknown cells from known ones.
+
+    Parameters
+    ----------
+    is_unknown
+        ``True`` for cells of a type absent from the reference.
+    uncertainty
+        Per-cell uncertainty (higher = more likely unknown), e.g. written by
+        :func:`chromtools.tl.transfer_labels`.
+
+    Returns
+    -------
+    AUROC in [0, 1] (0.5: no better than chance); ties count half (Mann-Whitney).
+    """
+    from scipy.stats import rankdata
+
+    y = np.asarray(is_unknown, dtype=bool)
+    u = np.asarray(uncertainty, dtype=float)
+    if y.shape != u.shape:
+        msg = f"is_unknown and uncertainty differ in length ({y.size} vs {u.size})."
+        raise ValueError(msg)
+    if not np.all(np.isfinite(u)):
+        msg = "uncertainty contains NaN or infinite values."
+        raise ValueError(msg)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        msg = "AUROC needs both unknown and known cells; is_unknown is all True or all False."
+        raise ValueError(msg)
+    ranks = rankdata(u)
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def label_transfer_scores(
+    adata: AnnData,
+    true_key: str,
+    pred_key: str,
+    *,
+    reference_labels: Sequence[str] | None = None,
+    uncertainty_key: str | None = None,
+    unknown_label: str = "Unknown",
+) -> dict[str, float]:
+    """Accuracy, macro-F1 and unknown-detection AUROC of a label transfer, from ``adata.obs``.
+
+    Parameters
+    ----------
+    adata
+        Query cells with true and predicted labels in ``obs``.
+    true_key, pred_key
+        ``obs`` columns of the true and the predicted labels.
+    reference_labels
+        Labels present in the reference. Cells whose true label is not among them are
+        "unknown": they are left out of accuracy and F1 and are the positives of the AUROC.
+        Default: every true label is known.
+    uncertainty_key
+        ``obs`` column of the uncertainty (default ``pred_key + '_uncertainty'`` if present).
+    unknown_label
+        The label given to cells called unknown.
+
+    Returns
+    -------
+    ``accuracy`` and ``macro_f1`` over known cells, ``fraction_unknown_called`` (known cells
+    called ``unknown_label``), and — when unknown cells are present — ``unknown_auroc`` and
+    ``unknown_recall`` (unknown cells called ``unknown_label``).
+    """
+    for key in (true_key, pred_key):
+        if key not in adata.obs:
+            msg = f"obs has no column '{key}'."
+            raise KeyError(msg)
+    t = _as_str(adata.obs[true_key], f"obs['{true_key}']")
+    p = _as_str(adata.obs[pred_key], f"obs['{pred_key}']")
+    known = np.ones(t.size, bool) if reference_labels is None else np.isin(t, np.asarray(reference_labels, str))
+    out: dict[str, float] = {"n_cells": int(t.size), "n_unknown_cells": int((~known).sum())}
+    if known.any():
+        out["accuracy"] = accuracy(t[known], p[known])
+        out["macro_f1"] = macro_f1(t[known], p[known])
+        out["fraction_unknown_called"] = float(np.mean(p[known] == unknown_label))
+    if uncertainty_key is None and f"{pred_key}_uncertainty" in adata.obs:
+        uncertainty_key = f"{pred_key}_uncertainty"
+    if (~known).any():
+        out["unknown_recall"] = float(np.mean(p[~known] == unknown_label))
+        if uncertainty_key is not None and known.any():
+            out["unknown_auroc"] = unknown_detection_auroc(~known, adata.obs[uncertainty_key].to_numpy())
+    return out

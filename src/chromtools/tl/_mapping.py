@@ -1,0 +1,809 @@
+"""Reference mapping (scArches): train a reference model, then map query batches onto it by surgery."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+
+from chromtools._docs import doc_params
+from chromtools._utils import get_modality, log_time
+from chromtools.models._arches import surgery_ready_kwargs
+from chromtools.models._reference import trained_epochs
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+logger = logging.getLogger(__name__)
+
+ReferenceKind = Literal["peakscanvi", "peaktrvae", "peakvi", "poissonvi", "multivi"]
+REFERENCE_KINDS = ("peakscanvi", "peaktrvae", "peakvi", "poissonvi", "multivi")
+
+#: Query features must cover at least this fraction of the reference's features, else map_query refuses.
+MIN_FEATURE_OVERLAP = 0.5
+#: Below this fraction of shared features map_query warns.
+WARN_FEATURE_OVERLAP = 0.8
+
+_SCVI_BATCH_PLACEHOLDER = "_scvi_batch"
+
+
+# ----------------------------------------------------------------------------------------------
+# building and training a reference
+# ----------------------------------------------------------------------------------------------
+def _model_classes() -> dict[str, type]:
+    from chromtools.models import PeakSCANVI, PeakTRVAE
+
+    return {"peakscanvi": PeakSCANVI, "peaktrvae": PeakTRVAE}
+
+
+def _scvi_class(kind: str) -> type:
+    import scvi
+
+    if kind == "peakvi":
+        return scvi.model.PEAKVI
+    if kind == "poissonvi":
+        return scvi.external.POISSONVI
+    if kind == "multivi":
+        return scvi.model.MULTIVI
+    msg = f"model must be one of {REFERENCE_KINDS}, got {kind!r}."
+    raise ValueError(msg)
+
+
+@doc_params
+def train_reference(
+    data: AnnData | MuData,
+    batch_key: str | None = None,
+    labels_key: str | None = None,
+    *,
+    model: ReferenceKind | None = None,
+    layer: str | None = None,
+    rna_layer: str | None = None,
+    unlabeled_category: str = "Unknown",
+    mod: str | None = None,
+    max_epochs: int | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    train_kwargs: dict[str, Any] | None = None,
+    key_added: str = "X_reference",
+    store_labels: bool = True,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = "auto",
+    random_state: int = 0,
+    progress: bool = False,
+):
+    """Train a reference model on labelled chromatin data, ready for query mapping by surgery.
+
+    Parameters
+    ----------
+    {data}
+    batch_key
+        ``obs`` column of the batches (donors, libraries); query batches are added to these.
+    labels_key
+        ``obs`` column of cell-type labels (used by ``'peakscanvi'`` for training, and stored in
+        the model for label transfer).
+    model
+        ``'peakscanvi'`` (semi-supervised, chromtools' default when labels are given),
+        ``'peaktrvae'`` (MMD between batches, the default without labels), scvi-tools'
+        ``'peakvi'`` or ``'poissonvi'`` (ATAC) or ``'multivi'`` (RNA+ATAC MuData, the default for
+        a MuData with ``'rna'`` and ``'atac'``), configured for surgery
+        (:func:`chromtools.models.surgery_ready_kwargs`).
+    layer
+        Layer of raw peak counts (default ``X``).
+    rna_layer
+        Layer of raw RNA counts (``'multivi'`` only).
+    unlabeled_category
+        Label value of unlabelled cells (``'peakscanvi'``).
+    {mod}
+    max_epochs
+        Upper bound on training epochs (early stopping usually ends sooner); default by size.
+    model_kwargs
+        Further arguments of the model's constructor.
+    train_kwargs
+        Further arguments of the model's ``train``.
+    key_added
+        ``obsm`` key of the reference latent space.
+    store_labels
+        Keep the latent codes and labels of the reference cells in the model
+        (:meth:`~chromtools.models.PeakSCANVI.store_reference`), so that a saved reference can
+        annotate queries without the reference data (chromtools models only).
+    {accelerator}
+    {devices}
+    {random_state}
+    {progress}
+
+    Returns
+    -------
+    The trained model. Writes ``obsm['X_reference' | key_added]`` (latent space) and
+    ``uns[key_added]['params']`` into ``data`` (the MuData for ``'multivi'``, else the ATAC
+    modality).
+    """
+    from mudata import MuData
+
+    model_kwargs = dict(model_kwargs or {})
+    train_kwargs = dict(train_kwargs or {})
+    if model is None:
+        if isinstance(data, MuData) and "rna" in data.mod and "atac" in data.mod and mod is None:
+            model = "multivi"
+        else:
+            model = "peakscanvi" if labels_key is not None else "peaktrvae"
+    if model not in REFERENCE_KINDS:
+        msg = f"model must be one of {REFERENCE_KINDS}, got {model!r}."
+        raise ValueError(msg)
+    import scvi
+
+    from chromtools.models._reference import _quiet_lightning, _silence_training_warnings, check_count_matrix
+
+    _quiet_lightning()
+    if model == "multivi":
+        if not isinstance(data, MuData):
+            msg = "model='multivi' needs a MuData with 'rna' and 'atac' modalities."
+            raise TypeError(msg)
+        target = data
+        for name in ("rna", "atac"):
+            if name not in data.mod:
+                msg = f"model='multivi' needs modalities 'rna' and 'atac'; this MuData has {list(data.mod)}."
+                raise KeyError(msg)
+        check_count_matrix(data.mod["atac"], layer, what="mdata['atac']")
+        check_count_matrix(data.mod["rna"], rna_layer, what="mdata['rna']")
+        _pull_obs_columns(data, [c for c in (batch_key, labels_key) if c is not None])
+    else:
+        target = get_modality(data, mod)
+    obs_keys = [c for c in (batch_key, labels_key) if c is not None]
+    for col in obs_keys:
+        if col not in target.obs:
+            msg = f"obs has no column '{col}'; pass an existing obs column."
+            raise KeyError(msg)
+    if labels_key is not None and pd.isna(target.obs[labels_key]).any():
+        n = int(pd.isna(target.obs[labels_key]).sum())
+        msg = (
+            f"Label column '{labels_key}' has {n} missing values (NaN). Mark cells without a label with "
+            f"unlabeled_category={unlabeled_category!r} or drop them."
+        )
+        raise ValueError(msg)
+
+    scvi.settings.seed = int(random_state)
+    ctx = _silence_training_warnings()
+    try:
+        if model in ("peakscanvi", "peaktrvae"):
+            cls = _model_classes()[model]
+            setup = {"layer": layer, "batch_key": batch_key}
+            if model == "peakscanvi":
+                if labels_key is None:
+                    msg = "model='peakscanvi' learns from labels: pass labels_key=<obs column of cell types>."
+                    raise ValueError(msg)
+                setup.update(labels_key=labels_key, unlabeled_category=unlabeled_category)
+            cls.setup_anndata(target, **setup)
+            ref_model = cls(target, **model_kwargs)
+            with log_time(f"Training {cls.__name__} reference on {target.n_obs} cells", logger):
+                ref_model.train(
+                    max_epochs=max_epochs,
+                    accelerator=accelerator,
+                    devices=devices,
+                    random_state=random_state,
+                    progress=progress,
+                    **train_kwargs,
+                )
+        else:
+            cls = _scvi_class(model)
+            kwargs = {**surgery_ready_kwargs(model), **model_kwargs}
+            if model == "multivi":
+                cls.setup_mudata(
+                    target,
+                    rna_layer=rna_layer,
+                    atac_layer=layer,
+                    batch_key=batch_key,
+                    modalities={"rna_layer": "rna", "atac_layer": "atac"},
+                )
+                ref_model = cls(target, **kwargs)
+            else:
+                check_count_matrix(target, layer)
+                cls.setup_anndata(target, batch_key=batch_key, layer=layer)
+                ref_model = cls(target, **kwargs)
+            from chromtools.models._reference import ModuleModeCallback
+
+            callbacks = [*train_kwargs.pop("callbacks", []), ModuleModeCallback("train")]
+            with log_time(f"Training {cls.__name__} reference on {target.n_obs} cells", logger):
+                ref_model.train(
+                    max_epochs=max_epochs or 200,
+                    accelerator=accelerator,
+                    devices=devices,
+                    enable_progress_bar=progress,
+                    callbacks=callbacks,
+                    **train_kwargs,
+                )
+            ref_model.module.eval()
+            from chromtools import __version__
+            from chromtools.models._reference import MODEL_FORMAT_VERSION
+
+            ref_model.chromtools_version_ = __version__
+            ref_model.chromtools_format_ = MODEL_FORMAT_VERSION
+    finally:
+        ctx.__exit__(None, None, None)
+    latent = ref_model.get_latent_representation()
+    target.obsm[key_added] = latent
+    target.uns[key_added] = {
+        "params": {
+            "model": model,
+            "batch_key": batch_key,
+            "labels_key": labels_key,
+            "layer": layer,
+            "random_state": random_state,
+            "n_epochs": trained_epochs(ref_model),
+        }
+    }
+    if store_labels and hasattr(ref_model, "store_reference"):
+        ref_model.store_reference(target, obs_keys=obs_keys)
+    return ref_model
+
+
+def _pull_obs_columns(mdata: MuData, columns: list[str]) -> None:
+    """Make sure MuData-level obs has ``columns`` (copied from a modality when only there)."""
+    for col in columns:
+        if col in mdata.obs:
+            continue
+        for name, ad in mdata.mod.items():
+            if col in ad.obs:
+                mdata.obs[col] = ad.obs[col].reindex(mdata.obs_names).to_numpy()
+                logger.info("Copied obs column '%s' from modality '%s' to the MuData", col, name)
+                break
+
+
+# ----------------------------------------------------------------------------------------------
+# the reference as seen by map_query
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Reference:
+    cls: type
+    source: Any  # the model instance, or the folder as str
+    registry: dict
+    var_names: pd.Index | dict[str, pd.Index]
+    state: dict[str, torch.Tensor]
+
+    @property
+    def is_mudata(self) -> bool:
+        return self.registry.get("setup_method_name") == "setup_mudata"
+
+    @property
+    def setup_args(self) -> dict:
+        return self.registry.get("setup_args", {})
+
+    def field_state(self, key: str) -> dict | None:
+        field = self.registry.get("field_registries", {}).get(key)
+        return None if field is None else field.get("state_registry", {})
+
+
+def _find_model_class(name: str) -> type:
+    import scvi
+
+    ours = {cls.__name__: cls for cls in _model_classes().values()}
+    if name in ours:
+        return ours[name]
+    for ns in (scvi.model, scvi.external):
+        cls = getattr(ns, name, None)
+        if isinstance(cls, type):
+            return cls
+    msg = f"Unknown reference model class '{name}'; it is neither a chromtools nor an scvi-tools model."
+    raise ValueError(msg)
+
+
+def _resolve_reference(reference) -> _Reference:
+    from scvi.model.base import ArchesMixin, BaseModelClass
+
+    from chromtools.models._arches import reference_state_dict
+    from chromtools.models._reference import check_saved_reference
+
+    if isinstance(reference, str | os.PathLike):
+        path = str(reference)
+        attrs = check_saved_reference(path)
+        registry = attrs["registry_"]
+        cls = _find_model_class(registry["model_name"])
+        saved = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=False)
+        var_names = saved["var_names"]
+        var_names = (
+            {k: pd.Index(v) for k, v in var_names.items()} if isinstance(var_names, dict) else pd.Index(var_names)
+        )
+        state = {k: v.detach().clone() for k, v in saved["model_state_dict"].items() if isinstance(v, torch.Tensor)}
+        source: Any = path
+    elif isinstance(reference, BaseModelClass):
+        cls = type(reference)
+        registry = reference.registry
+        names = reference.get_var_names()
+        var_names = {k: pd.Index(v) for k, v in names.items()} if isinstance(names, dict) else pd.Index(names)
+        state = reference_state_dict(reference)
+        source = reference
+        if not getattr(reference, "is_trained_", True):
+            msg = "The reference model is not trained; train it first (chromtools.tl.train_reference)."
+            raise ValueError(msg)
+    else:
+        msg = f"reference must be a trained scvi-tools/chromtools model or a saved model folder, got {type(reference).__name__}."
+        raise TypeError(msg)
+    if not issubclass(cls, ArchesMixin):
+        msg = f"{cls.__name__} does not support architecture surgery (it has no ArchesMixin); use another reference model."
+        raise TypeError(msg)
+    return _Reference(cls=cls, source=source, registry=registry, var_names=var_names, state=state)
+
+
+# ----------------------------------------------------------------------------------------------
+# feature alignment
+# ----------------------------------------------------------------------------------------------
+def _canonical_peak_names(names: pd.Index) -> pd.Index | None:
+    from chromtools.io import parse_peak_names
+
+    try:
+        df = parse_peak_names(names)
+    except ValueError:
+        return None
+    return pd.Index(df["chrom"].astype(str) + ":" + df["start"].astype(str) + "-" + df["end"].astype(str))
+
+
+def feature_indexer(
+    query_names: pd.Index, reference_names: pd.Index, *, min_overlap: float = MIN_FEATURE_OVERLAP, what: str = "query"
+) -> tuple[np.ndarray, float, str]:
+    """Position in the query of every reference feature (-1: missing), the overlap and how it matched.
+
+    Features are matched by name; when fewer than 80 % match and both sides are peak names in
+    different styles (``chr1:100-200`` / ``chr1-100-200`` / ``chr1_100_200``), by coordinates.
+    Raises when no feature, or fewer than ``min_overlap`` of the reference's features, are found.
+    """
+    query_names = pd.Index(query_names).astype(str)
+    reference_names = pd.Index(reference_names).astype(str)
+    if query_names.has_duplicates:
+        dup = query_names[query_names.duplicated()][:3].tolist()
+        msg = f"The {what} has duplicated feature names (e.g. {dup}); make var_names unique first."
+        raise ValueError(msg)
+    idx = query_names.get_indexer(reference_names)
+    how = "names"
+    frac = float((idx >= 0).mean()) if idx.size else 0.0
+    if frac < WARN_FEATURE_OVERLAP:
+        cq, cr = _canonical_peak_names(query_names), _canonical_peak_names(reference_names)
+        if cq is not None and cr is not None and not cq.has_duplicates:
+            idx_c = cq.get_indexer(cr)
+            frac_c = float((idx_c >= 0).mean())
+            if frac_c > frac:
+                idx, frac, how = idx_c, frac_c, "peak coordinates"
+    n_shared = int((idx >= 0).sum())
+    if n_shared == 0:
+        msg = (
+            f"The {what} shares no features with the reference ({reference_names.size} features, e.g. "
+            f"{reference_names[:2].tolist()}; {what}: {query_names[:2].tolist()}). Use the reference's peak set "
+            "(count the query's fragments in the reference peaks) or the same genome build and naming."
+        )
+        raise ValueError(msg)
+    if frac < min_overlap:
+        msg = (
+            f"Only {frac:.1%} of the reference's {reference_names.size} features are in the {what} (matched by "
+            f"{how}); map_query needs at least {min_overlap:.0%}. Count the query in the reference's peaks, "
+            "or lower min_overlap= if you accept a poorer mapping."
+        )
+        raise ValueError(msg)
+    if frac < WARN_FEATURE_OVERLAP:
+        warnings.warn(
+            f"Only {frac:.1%} of the reference's features are in the {what}; the {reference_names.size - n_shared} "
+            "missing features are filled with zeros, which degrades the mapping.",
+            UserWarning,
+            stacklevel=3,
+        )
+    return idx, frac, how
+
+
+def _aligned_matrix(X, idx: np.ndarray) -> sp.csr_matrix:
+    """Query matrix reordered to the reference's features, missing ones zero-filled (sparse)."""
+    X = sp.csr_matrix(X)
+    present = np.flatnonzero(idx >= 0)
+    S = sp.csr_matrix((np.ones(present.size, dtype=X.dtype), (idx[present], present)), shape=(X.shape[1], idx.size))
+    out = (X @ S).tocsr()
+    out.sort_indices()
+    return out
+
+
+def _align_anndata(
+    adata: AnnData,
+    reference_names: pd.Index,
+    *,
+    layer: str | None,
+    out_layer: str | None,
+    min_overlap: float,
+    what: str,
+) -> tuple[AnnData, dict]:
+    from anndata import AnnData
+
+    from chromtools.models._reference import _layer_matrix, check_count_matrix
+
+    check_count_matrix(adata, layer, what=what)
+    idx, frac, how = feature_indexer(adata.var_names, reference_names, min_overlap=min_overlap, what=what)
+    X = _aligned_matrix(_layer_matrix(adata, layer), idx)
+    out = AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.copy()), var=pd.DataFrame(index=reference_names.copy()))
+    if out_layer is not None:
+        out.layers[out_layer] = X.copy()
+    info = {
+        "n_features": int(reference_names.size),
+        "n_shared": int((idx >= 0).sum()),
+        "overlap": frac,
+        "matched_by": how,
+    }
+    return out, info
+
+
+# ----------------------------------------------------------------------------------------------
+# map_query
+# ----------------------------------------------------------------------------------------------
+def _fill_obs(
+    aligned, source_obs: pd.DataFrame, ref: _Reference, batch_key: str | None
+) -> tuple[str | None, list[str]]:
+    """Copy the registered obs columns into the aligned query: batch, labels (unlabelled), covariates."""
+    batch_state = ref.field_state("batch") or {}
+    ref_batch_key = batch_state.get("original_key")
+    ref_batches = [str(b) for b in batch_state.get("categorical_mapping", [])]
+    new_batches: list[str] = []
+    if ref_batch_key is None or ref_batch_key == _SCVI_BATCH_PLACEHOLDER:
+        logger.warning("The reference has no batch covariate: the query is encoded without surgery.")
+        ref_batch_key = None
+    else:
+        col = batch_key or ref_batch_key
+        if col not in source_obs:
+            msg = (
+                f"The query has no batch column '{col}' (the reference's batches are in obs['{ref_batch_key}']). "
+                f"Add obs['{ref_batch_key}'] naming the query's batches, or pass batch_key=<query obs column>."
+            )
+            raise KeyError(msg)
+        values = source_obs[col]
+        if pd.isna(values).any():
+            msg = f"The query's batch column '{col}' has missing values; every query cell needs a batch."
+            raise ValueError(msg)
+        values = values.astype(str).to_numpy()
+        aligned.obs[ref_batch_key] = pd.Categorical(values)
+        new_batches = sorted(set(values) - set(ref_batches))
+        shared = sorted(set(values) & set(ref_batches))
+        if shared:
+            logger.info("Query batches %s are reference batches: their cells use the reference's batch weights", shared)
+    labels_state = ref.field_state("labels") or {}
+    labels_key = labels_state.get("original_key")
+    if labels_key is not None and not labels_key.startswith("_scvi"):
+        unlabeled = labels_state.get("unlabeled_category")
+        if unlabeled is not None:
+            aligned.obs[labels_key] = pd.Categorical([unlabeled] * aligned.n_obs)  # the query is never labelled
+        elif labels_key in source_obs:
+            aligned.obs[labels_key] = source_obs[labels_key].to_numpy()
+        else:
+            first = labels_state["categorical_mapping"][0]
+            aligned.obs[labels_key] = pd.Categorical([first] * aligned.n_obs)
+    for reg_key in ("extra_categorical_covs", "extra_continuous_covs", "size_factor"):
+        state = ref.field_state(reg_key)
+        if not state:
+            continue
+        cols = state.get("field_keys") or ([state["original_key"]] if state.get("original_key") else [])
+        for c in cols:
+            if c not in source_obs:
+                msg = f"The reference was set up with covariate obs['{c}'], which the query lacks; add it."
+                raise KeyError(msg)
+            aligned.obs[c] = source_obs[c].to_numpy()
+    return ref_batch_key, new_batches
+
+
+def _copy_obsm_fields(aligned: AnnData, source: AnnData, ref: _Reference) -> None:
+    """Copy ``obsm`` arrays the reference registered (e.g. TOTALVI's protein counts) into the aligned query."""
+    for key, field in ref.registry.get("field_registries", {}).items():
+        data_registry = field.get("data_registry", {})
+        if data_registry.get("attr_name") != "obsm":
+            continue
+        obsm_key = data_registry["attr_key"]
+        if obsm_key not in source.obsm:
+            msg = f"The reference was set up with obsm['{obsm_key}'] ({key}), which the query lacks; add it."
+            raise KeyError(msg)
+        aligned.obsm[obsm_key] = source.obsm[obsm_key]
+
+
+def _train_query(
+    qm, ref: _Reference, *, max_epochs, lr, batch_size, early_stopping, accelerator, devices, random_state, progress
+):
+    from chromtools.models._reference import (
+        ModuleModeCallback,
+        PeakReferenceModel,
+        _quiet_lightning,
+        _silence_training_warnings,
+        default_max_epochs,
+    )
+
+    n_obs = qm.adata.n_obs
+    if isinstance(qm, PeakReferenceModel):
+        qm.train(
+            max_epochs=max_epochs or default_query_epochs(n_obs),
+            lr=lr or 1e-3,
+            batch_size=batch_size,
+            weight_decay=0.0,
+            early_stopping=early_stopping,
+            n_epochs_kl_warmup=None,
+            accelerator=accelerator,
+            devices=devices,
+            random_state=random_state,
+            progress=progress,
+            module_mode="eval",
+        )
+        return
+    import scvi
+
+    _quiet_lightning()
+    scvi.settings.seed = int(random_state)
+    params = inspect.signature(qm.train).parameters
+    kwargs: dict[str, Any] = {
+        "max_epochs": max_epochs or default_max_epochs(n_obs, cap=200),
+        "accelerator": accelerator,
+        "devices": devices,
+        "batch_size": batch_size,
+        "callbacks": [ModuleModeCallback("eval")],
+        "enable_progress_bar": progress,
+    }
+    plan_kwargs: dict[str, Any] = {"weight_decay": 0.0}
+    if "weight_decay" in params:  # PEAKVI/MULTIVI override plan_kwargs with their own weight_decay
+        kwargs["weight_decay"] = 0.0
+    if lr is not None:
+        if "lr" in params:
+            kwargs["lr"] = lr
+        else:
+            plan_kwargs["lr"] = lr
+    kwargs["plan_kwargs"] = plan_kwargs
+    kwargs["early_stopping"] = early_stopping
+    if early_stopping:
+        kwargs["check_val_every_n_epoch"] = 1
+    ctx = _silence_training_warnings()
+    try:
+        qm.train(**kwargs)
+    finally:
+        ctx.__exit__(None, None, None)
+    qm.module.eval()
+
+
+def default_query_epochs(n_obs: int) -> int:
+    """Surgery epochs by query size: about 50,000 cell passes, between 5 and 20 epochs.
+
+    Only a few hundred parameters per batch train; on Granja 2019 (3,790 query cells) label
+    transfer was the same after 5, 10, 20 or 40 epochs, so a short budget suffices.
+    """
+    return int(min(20, max(5, round(50_000 / max(n_obs, 1)))))
+
+
+@doc_params
+def map_query(
+    query: AnnData | MuData,
+    reference,
+    *,
+    batch_key: str | None = None,
+    layer: str | None = None,
+    rna_layer: str | None = None,
+    mod: str | None = None,
+    max_epochs: int | None = None,
+    lr: float | None = None,
+    batch_size: int = 256,
+    early_stopping: bool = True,
+    min_overlap: float = MIN_FEATURE_OVERLAP,
+    key_added: str = "X_reference",
+    return_model: bool = False,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = "auto",
+    random_state: int = 0,
+    progress: bool = False,
+    copy: bool = False,
+):
+    """Map query cells onto a reference model by architecture surgery (scArches).
+
+    The query's features are aligned to the reference's (reordered; missing peaks filled with
+    zeros; peak names in another style are matched by coordinates), its batches are added to
+    the model as new batch parameters, and only those are trained on the query — every
+    reference weight stays bit-identical (checked after training and recorded in ``uns``).
+    The query's coordinates in the reference latent space are then written to ``obsm``.
+
+    Works with chromtools' reference models (:class:`~chromtools.models.PeakSCANVI`,
+    :class:`~chromtools.models.PeakTRVAE`) and with any scvi-tools model that has
+    :class:`~scvi.model.base.ArchesMixin` (PEAKVI, POISSONVI, MULTIVI, SCVI, SCANVI, TOTALVI...),
+    given as a trained model or as the folder it was saved to — the reference data is not
+    needed.
+
+    Parameters
+    ----------
+    query
+        Query cells: an AnnData of peak counts, a MuData (its ``mod`` modality, ``'atac'`` by
+        default), or a MuData with the modalities of a multimodal reference (MULTIVI, TOTALVI).
+    reference
+        Trained reference model, or the folder it was saved to (``model.save(dir)``).
+    batch_key
+        Query ``obs`` column naming the query's batches; default the reference's batch column.
+    layer
+        Query layer with raw counts; default ``X`` (or the reference's layer name when the query
+        has it).
+    rna_layer
+        Query RNA layer with raw counts (multimodal references).
+    {mod}
+    max_epochs
+        Upper bound on surgery epochs (early stopping on the query's validation loss); default by
+        query size.
+    lr
+        Learning rate of the surgery (default: the model's).
+    batch_size
+        Minibatch size.
+    early_stopping
+        Stop surgery when the query's validation loss stops improving.
+    min_overlap
+        Smallest fraction of the reference's features that must be present in the query (the
+        documented minimum is 0.5: below it the mapping is refused; below 0.8 a warning is
+        given).
+    key_added
+        ``obsm`` key of the query latent space (use the key of the reference's latent space so
+        that both can be joined).
+    return_model
+        Also return the query model (e.g. to save it or to predict with its classifier).
+    {accelerator}
+    {devices}
+    {random_state}
+    {progress}
+    {copy}
+
+    Returns
+    -------
+    ``None`` (or the copy with ``copy=True``; plus the query model with ``return_model=True``).
+    Writes to the query (the MuData for multimodal references, else the mapped modality):
+
+    ``obsm['X_reference' | key_added]``
+        Query cells in the reference latent space.
+    ``uns[key_added]``
+        ``params``, the feature alignment (``n_shared``, ``overlap``, ``matched_by``), the new
+        batches, the surgery epochs, the number of trained entries and ``frozen_identical``
+        (every reference weight bit-identical after surgery).
+    """
+    from mudata import MuData
+
+    from chromtools.models._arches import freeze_for_surgery, frozen_weight_drift
+    from chromtools.models._reference import _silence_training_warnings
+
+    if copy:
+        query = query.copy()
+    ref = _resolve_reference(reference)
+
+    # -- build the aligned query -------------------------------------------------------------
+    if ref.is_mudata:
+        if not isinstance(query, MuData):
+            msg = f"The reference {ref.cls.__name__} was trained on a MuData; pass the query as a MuData too."
+            raise TypeError(msg)
+        modalities = ref.setup_args.get("modalities", {})
+        layer_args = {"rna_layer": rna_layer, "atac_layer": layer}
+        mods: dict[str, AnnData] = {}
+        infos = {}
+        for arg, name in modalities.items():
+            if not arg.endswith("_layer") or name is None:
+                continue
+            if name not in query.mod:
+                msg = f"The reference uses modality '{name}', which the query MuData lacks (it has {list(query.mod)})."
+                raise KeyError(msg)
+            ref_layer = ref.setup_args.get(arg)
+            q_layer = layer_args.get(arg)
+            if q_layer is None and ref_layer is not None and ref_layer in query.mod[name].layers:
+                q_layer = ref_layer
+            names = ref.var_names[name] if isinstance(ref.var_names, dict) else ref.var_names
+            mods[name], infos[name] = _align_anndata(
+                query.mod[name],
+                names,
+                layer=q_layer,
+                out_layer=ref_layer,
+                min_overlap=min_overlap,
+                what=f"query '{name}'",
+            )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*update\\(\\) will not pull.*")
+            aligned = MuData(mods)
+        source_obs = query.obs.copy()
+        for ad in query.mod.values():
+            for c in ad.obs.columns:
+                if c not in source_obs:
+                    source_obs[c] = ad.obs[c].reindex(source_obs.index)
+        target = query
+        align_info: dict = {"modalities": infos}
+    else:
+        target = get_modality(query, mod)
+        ref_layer = ref.setup_args.get("layer")
+        q_layer = layer
+        if q_layer is None and ref_layer is not None and ref_layer in target.layers:
+            q_layer = ref_layer
+        names = ref.var_names if not isinstance(ref.var_names, dict) else next(iter(ref.var_names.values()))
+        aligned, align_info = _align_anndata(
+            target, names, layer=q_layer, out_layer=ref_layer, min_overlap=min_overlap, what="query"
+        )
+        source_obs = target.obs
+    ref_batch_key, new_batches = _fill_obs(aligned, source_obs, ref, batch_key)
+    if not ref.is_mudata:
+        _copy_obsm_fields(aligned, target, ref)
+    if ref.is_mudata:
+        for c in aligned.obs.columns:
+            for ad in aligned.mod.values():
+                ad.obs[c] = aligned.obs[c].to_numpy()
+
+    # -- surgery -----------------------------------------------------------------------------
+    source = ref.source
+    ctx = _silence_training_warnings()
+    try:
+        with log_time(f"Surgery of {ref.cls.__name__} for {aligned.n_obs} query cells", logger):
+            import scvi
+
+            verbosity = scvi.settings.verbosity
+            scvi.settings.verbosity = logging.WARNING
+            scvi.settings.seed = int(random_state)  # the new batch parameters' initial values
+            try:
+                qm = ref.cls.load_query_data(
+                    aligned, source, freeze_dropout=True, accelerator=accelerator, device=_single_device(devices)
+                )
+            finally:
+                scvi.settings.verbosity = verbosity
+    finally:
+        ctx.__exit__(None, None, None)
+    table = freeze_for_surgery(qm, ref.state)
+    n_trainable = int(table["n_trainable"].sum())
+    if n_trainable == 0:
+        logger.warning("The query adds no new batch: it is encoded with the reference weights, without training.")
+        qm.is_trained_ = True
+        n_epochs = 0
+    else:
+        with log_time(f"Training {n_trainable} new batch parameters on the query", logger):
+            _train_query(
+                qm,
+                ref,
+                max_epochs=max_epochs,
+                lr=lr,
+                batch_size=batch_size,
+                early_stopping=early_stopping,
+                accelerator=accelerator,
+                devices=devices,
+                random_state=random_state,
+                progress=progress,
+            )
+        n_epochs = trained_epochs(qm)
+    drift = frozen_weight_drift(ref.state, qm)
+    identical = bool(drift["identical"].all())
+    if not identical:
+        moved = drift.loc[~drift["identical"], "tensor"].tolist()
+        warnings.warn(
+            f"Reference weights changed during surgery: {moved[:5]}. The mapping is still written, but the "
+            "reference is no longer frozen.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    latent = qm.get_latent_representation()
+    out_target = target if not ref.is_mudata else query
+    out_target.obsm[key_added] = latent
+    out_target.uns[key_added] = {
+        "params": {
+            "reference": ref.cls.__name__,
+            "batch_key": batch_key or ref_batch_key,
+            "layer": layer,
+            "max_epochs": max_epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "early_stopping": early_stopping,
+            "min_overlap": min_overlap,
+            "random_state": random_state,
+        },
+        "features": align_info,
+        "new_batches": list(new_batches),
+        "n_epochs": n_epochs,
+        "n_trained_parameters": n_trainable,
+        "frozen_identical": identical,
+        "frozen_max_abs_diff": float(np.nan_to_num(drift["max_abs_diff"].to_numpy(), nan=np.inf).max())
+        if len(drift)
+        else 0.0,
+    }
+    result = query if copy else None
+    if return_model:
+        return (result, qm) if copy else qm
+    return result
+
+
+def _single_device(devices) -> int | str:
+    """``load_query_data`` takes one device: the first listed index, else 'auto'."""
+    if isinstance(devices, list | tuple) and devices:
+        return devices[0]
+    return "auto"

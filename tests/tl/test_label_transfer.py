@@ -1,0 +1,181 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from anndata import AnnData
+
+import chromtools as ct
+from chromtools.tl._label_transfer import _weights, distance_ratio, knn_label_probabilities
+
+
+def _adata(latent, labels=None, key="X_reference"):
+    obs = pd.DataFrame(index=[f"c{i}" for i in range(len(latent))])
+    if labels is not None:
+        obs["cell_type"] = pd.Categorical(labels)
+    ad = AnnData(X=np.zeros((len(latent), 1), np.float32), obs=obs)
+    ad.obsm[key] = np.asarray(latent, np.float32)
+    return ad
+
+
+def _naive(ref, labels, query, k, weighting):
+    """Per-cell loop, written independently of the vectorised implementation."""
+    classes = sorted(set(labels))
+    out = np.zeros((len(query), len(classes)))
+    for i, q in enumerate(query):
+        d = np.linalg.norm(ref - q, axis=1)
+        nn = np.argsort(d, kind="stable")[:k]
+        dd = d[nn]
+        if weighting == "uniform":
+            w = np.ones(k)
+        elif weighting == "distance":
+            w = 1 / np.maximum(dd, 1e-12)
+        elif weighting == "scarches":
+            w = np.exp(-dd / (2 / dd.std()) ** 2)
+        else:
+            w = np.exp(-0.5 * (dd / np.median(dd)) ** 2)
+        w = w / w.sum()
+        for j, n in enumerate(nn):
+            out[i, classes.index(labels[n])] += w[j]
+    return out
+
+
+def test_hand_computed_inverse_distance_vote():
+    ref = _adata([[0.0], [1.0], [3.0], [10.0]], ["A", "A", "B", "B"])
+    query = _adata([[2.0]])
+    ct.tl.transfer_labels(query, ref, "cell_type", n_neighbors=3, weighting="distance", novelty=False)
+    # neighbours at distances 1 (x=1, A), 1 (x=3, B), 2 (x=0, A): weights 1, 1, 1/2
+    probs = query.obsm["cell_type_pred_probabilities"].iloc[0]
+    assert probs["A"] == pytest.approx(1.5 / 2.5) and probs["B"] == pytest.approx(1.0 / 2.5)
+    assert query.obs["cell_type_pred"].iloc[0] == "A"
+    assert query.obs["cell_type_pred_probability"].iloc[0] == pytest.approx(0.6)
+    assert query.obs["cell_type_pred_uncertainty"].iloc[0] == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("weighting", ["gaussian", "scarches", "distance", "uniform"])
+def test_vectorised_rule_equals_a_per_cell_loop(weighting):
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(300, 5))
+    labels = list(rng.choice(["x", "y", "z"], size=300))
+    query = rng.normal(size=(50, 5))
+    probs, dist, idx = knn_label_probabilities(ref, labels, query, n_neighbors=12, weighting=weighting)
+    np.testing.assert_allclose(probs.to_numpy(), _naive(ref, labels, query, 12, weighting), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(probs.sum(1), 1.0)
+    assert dist.shape == idx.shape == (50, 12) and np.all(np.diff(dist, axis=1) >= 0)
+
+
+def test_weights_are_normalised_and_decrease_with_distance():
+    d = np.array([[0.1, 0.2, 0.4, 0.8], [0.0, 0.0, 0.0, 0.0]])
+    for weighting in ("gaussian", "distance"):
+        w = _weights(d.copy(), weighting)
+        np.testing.assert_allclose(w.sum(1), 1.0)
+        assert np.all(np.diff(w[0]) < 0)
+        np.testing.assert_allclose(w[1], 0.25)  # all neighbours at distance 0: equal weights
+
+
+def test_threshold_calls_unknown_and_zero_threshold_never_does():
+    rng = np.random.default_rng(1)
+    a = rng.normal(0, 0.3, size=(100, 2))
+    b = rng.normal(0, 0.3, size=(100, 2)) + [3, 0]
+    ref = _adata(np.vstack([a, b]), ["A"] * 100 + ["B"] * 100)
+    query = _adata([[0.0, 0.0], [3.0, 0.0], [1.5, 0.0]])  # A, B, halfway
+    ct.tl.transfer_labels(query, ref, "cell_type", n_neighbors=30, weighting="uniform", novelty=False, threshold=0.9)
+    pred = query.obs["cell_type_pred"].astype(str).tolist()
+    assert pred[:2] == ["A", "B"]
+    assert query.obs["cell_type_pred"].cat.categories.tolist() == ["A", "B", "Unknown"]
+    ct.tl.transfer_labels(query, ref, "cell_type", threshold=0.0, novelty=False, key_added="raw")
+    assert "Unknown" not in query.obs["raw"].astype(str).tolist()
+
+
+def test_novelty_flags_cells_far_from_every_reference_cell():
+    rng = np.random.default_rng(2)
+    ref_latent = np.vstack([rng.normal(0, 1, size=(400, 3)), rng.normal(0, 1, size=(400, 3)) + [6, 0, 0]])
+    labels = ["A"] * 400 + ["B"] * 400
+    ref = _adata(ref_latent, labels)
+    known = np.vstack([rng.normal(0, 1, size=(100, 3)), rng.normal(0, 1, size=(100, 3)) + [6, 0, 0]])
+    novel = rng.normal(0, 0.5, size=(50, 3)) + [-1, 8, 0]  # a cluster the reference does not have, nearest to A
+    query = _adata(np.vstack([known, novel]))
+    # votes alone: every novel cell's neighbours agree, so it looks certain
+    ct.tl.transfer_labels(query, ref, "cell_type", novelty=False, key_added="votes")
+    is_novel = np.r_[np.zeros(200, bool), np.ones(50, bool)]
+    assert ct.metrics.unknown_detection_auroc(is_novel, query.obs["votes_uncertainty"]) < 0.8
+    ct.tl.transfer_labels(query, ref, "cell_type")
+    u = query.obs["cell_type_pred_uncertainty"].to_numpy()
+    assert ct.metrics.unknown_detection_auroc(is_novel, u) > 0.99
+    pred = query.obs["cell_type_pred"].astype(str).to_numpy()
+    assert (pred[is_novel] == "Unknown").mean() > 0.95
+    assert (pred[~is_novel] == "Unknown").mean() < 0.05
+    ratio = query.obs["cell_type_pred_distance_ratio"].to_numpy()
+    assert np.median(ratio[~is_novel]) < 1.0 < ratio[is_novel].min()
+
+
+def test_distance_ratio_is_about_one_for_cells_like_the_reference():
+    rng = np.random.default_rng(3)
+    ref = rng.normal(size=(2000, 4))
+    query = rng.normal(size=(500, 4))
+    from sklearn.neighbors import NearestNeighbors
+
+    dist, idx = NearestNeighbors(n_neighbors=15).fit(ref).kneighbors(query)
+    ratio = distance_ratio(ref, dist, idx, quantile=0.99)
+    assert np.quantile(ratio, 0.95) < 1.0 and np.median(ratio) > 0.5
+
+
+def test_any_embedding_a_stored_model_or_a_saved_folder_can_be_the_reference(tmp_path):
+    sim = ct.datasets.simulate_scatac(600, 300, n_cell_types=3, n_batches=2, random_state=4)
+    ref = sim[sim.obs["batch"] == "batch_0"].copy()
+    query = sim[sim.obs["batch"] == "batch_1"].copy()
+    ct.pp.lsi(ref, 20)
+    ct.pp.lsi(query, reference=ref)
+    ct.tl.transfer_labels(query, ref, "cell_type", use_rep="X_lsi", key_added="lsi")
+    truth = query.obs["cell_type"].astype(str)
+    assert (query.obs["lsi"].astype(str) == truth).mean() > 0.9
+    model = ct.tl.train_reference(
+        ref, "batch", "cell_type", max_epochs=20, model_kwargs={"n_hidden": 32, "n_latent": 5}
+    )
+    assert model.reference_["latent"].shape == (ref.n_obs, 5)
+    ct.tl.map_query(query, model, max_epochs=3)
+    ct.tl.transfer_labels(query, ref, "cell_type", key_added="from_adata")
+    ct.tl.transfer_labels(query, model, "cell_type", key_added="from_model")
+    model.save(tmp_path / "m", overwrite=True)
+    ct.tl.transfer_labels(query, tmp_path / "m", "cell_type", key_added="from_folder")
+    for key in ("from_model", "from_folder"):
+        np.testing.assert_allclose(query.obs[f"{key}_probability"], query.obs["from_adata_probability"])
+    assert (query.obs["from_adata"].astype(str) == truth).mean() > 0.9
+    assert query.uns["from_model"]["params"]["n_neighbors"] == 15
+
+
+def test_mudata_query_and_copy():
+    import mudata as md
+
+    ref = _adata([[0.0], [1.0], [5.0], [6.0]], ["A", "A", "B", "B"])
+    atac = _adata([[0.5], [5.5]])
+    mdata = md.MuData({"atac": atac})
+    out = ct.tl.transfer_labels(mdata, ref, "cell_type", n_neighbors=2, copy=True, novelty=False)
+    assert "cell_type_pred" not in mdata["atac"].obs
+    assert out["atac"].obs["cell_type_pred"].astype(str).tolist() == ["A", "B"]
+
+
+def test_bad_inputs_are_refused():
+    ref = _adata([[0.0], [1.0], [5.0]], ["A", "B", "B"])
+    query = _adata([[0.5]])
+    ref_nan = ref.copy()
+    ref_nan.obs["cell_type"] = ref_nan.obs["cell_type"].astype(object)
+    ref_nan.obs.iloc[0, 0] = np.nan
+    with pytest.raises(ValueError, match="1 missing values"):
+        ct.tl.transfer_labels(query, ref_nan, "cell_type")
+    with pytest.raises(KeyError, match="no obs column 'label'"):
+        ct.tl.transfer_labels(query, ref, "label")
+    with pytest.raises(KeyError, match="query has no obsm\\['X_pca'\\]"):
+        ct.tl.transfer_labels(query, ref, "cell_type", use_rep="X_pca")
+    query.obsm["X_other"] = np.zeros((1, 2))
+    ref.obsm["X_other"] = np.zeros((3, 3))
+    with pytest.raises(ValueError, match="2 dimensions in the query but 3"):
+        ct.tl.transfer_labels(query, ref, "cell_type", use_rep="X_other")
+    with pytest.raises(ValueError, match="threshold must be between 0 and 1"):
+        ct.tl.transfer_labels(query, ref, "cell_type", threshold=1.5)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        ct.tl.transfer_labels(query, ref, "cell_type", weighting="cosine")
+    bare = ct.models.PeakTRVAE
+    with pytest.raises(ValueError, match="stores no reference cells"):
+        ct.tl.transfer_labels(query, type("M", (), {"reference_": None})(), "cell_type")
+    del bare
