@@ -35,6 +35,9 @@ docs:
 bench:
 	$(MAKE) install EXTRAS=test,bench
 	$(PY) benchmarks/io.py
+	$(PY) benchmarks/denoise.py
+	$(PY) benchmarks/vrnn.py
+	$(PY) benchmarks/mapping.py --quick
 
 lint:
 	$(MAKE) install EXTRAS=dev

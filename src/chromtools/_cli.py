@@ -122,6 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout-chroms", nargs="*", default=[], metavar="CHR", help="chromosomes left out of training"
     )
     train.add_argument(
+        "--train-chroms",
+        nargs="+",
+        default=None,
+        metavar="CHR",
+        help="training chromosomes (default: every chromosome not used for validation or holdout)",
+    )
+    train.add_argument(
         "--arch", choices=["default", "atacworks"], default="default", help="network (default: %(default)s)"
     )
     train.add_argument(

@@ -67,7 +67,7 @@ def test_empty_windows_use_the_cached_prediction(tiny_model, tiny_tracks, tmp_pa
     noisy = ct.io.read_bigwig(tiny_tracks.noisy, "chr1")
     noisy[100_000:300_000] = 0
     path = ct.io.write_bigwig(tmp_path / "gap.bw", {"chr1": noisy}, {"chr1": noisy.size})
-    res = ct.tl.denoise(path, tiny_model, tmp_path / "gap", check_genome=False, progress=False)
+    res = ct.tl.denoise(path, tiny_model, tmp_path / "gap", window=8_192, check_genome=False, progress=False)
     assert res.params["windows_run"] < res.params["windows_total"]
     full = ct.tl.denoise(path, tiny_model, tmp_path / "gap_full", window=4_096, check_genome=False, progress=False)
     a, b = ct.io.read_bigwig(res.track, "chr1"), ct.io.read_bigwig(full.track, "chr1")

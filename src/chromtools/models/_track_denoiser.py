@@ -93,6 +93,9 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         ``'mean'``: every input track is divided by its own mean coverage, so a model applies to
         samples of other depths and its output is on the training clean/noisy depth ratio;
         ``'none'``: absolute values, scaled by the training means.
+    random_state
+        Seed of the network's initial weights (drawn from a private generator state, so the global
+        torch random state is untouched); ``None`` draws from the global state.
     **arch_kwargs
         Passed to the network (e.g. ``channels=``, ``bin_size=``, ``dilations=``).
 
@@ -119,6 +122,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         pearson_weight: float = 1.0,
         peak_weight: float = 3.0,
         depth_scaling: Literal["mean", "none"] = "mean",
+        random_state: int | None = 0,
         **arch_kwargs,
     ):
         if setup is None and registry is None:
@@ -132,15 +136,18 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             registry = _registry(setup.n_channels, channel_names, setup.window)
         super().__init__(None, registry)
         n_channels = self.summary_stats.n_vars
-        self.module = self._module_cls(
-            n_channels,
-            arch,
-            regression_loss=regression_loss,
-            regression_weight=regression_weight,
-            pearson_weight=pearson_weight,
-            peak_weight=peak_weight,
-            **arch_kwargs,
-        )
+        with torch.random.fork_rng(devices=[]):
+            if random_state is not None:
+                torch.manual_seed(int(random_state))
+            self.module = self._module_cls(
+                n_channels,
+                arch,
+                regression_loss=regression_loss,
+                regression_weight=regression_weight,
+                pearson_weight=pearson_weight,
+                peak_weight=peak_weight,
+                **arch_kwargs,
+            )
         net = self.module.net
         bin_size = int(net.bin_size)
         pad = pad_for(net.receptive_field, bin_size) if pad is None else int(pad)

@@ -127,7 +127,9 @@ class BinnedDilatedNet(nn.Module):
     bin_size
         Bin width (bp); windows and padding are multiples of it.
     channels
-        Feature channels of the trunk.
+        Feature channels of the trunk. 24 by default: on the HSC benchmark (train chr1, validate
+        chr2, 12 epochs) 24 channels reached the validation AUPRC of 32 (0.829 vs 0.830) at about
+        2.5 times the CPU speed; 16 lost 0.007.
     dilations
         Dilation (in bins) of each residual block.
     kernel
@@ -139,7 +141,7 @@ class BinnedDilatedNet(nn.Module):
         n_channels: int = 1,
         *,
         bin_size: int = 16,
-        channels: int = 32,
+        channels: int = 24,
         dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128),
         kernel: int = 3,
     ):

@@ -21,6 +21,7 @@ from chromtools.models._track_data import bigwig_mean, input_transform, read_win
 from chromtools.tl._peaks import PeakStream, name_peaks
 
 logger = logging.getLogger(__name__)
+INFERENCE_WINDOW = 200_000
 
 
 @dataclass
@@ -170,7 +171,8 @@ def denoise(
     chroms
         Chromosomes to process; default all in the header (and in ``chrom_sizes``).
     window
-        Window length (bp), a multiple of the model's bin size; default the training window.
+        Window length (bp), a multiple of the model's bin size; default 200 kb (or the training window
+        if longer), so that the context padding read around each window costs little.
     batch_size
         Windows per forward pass.
     threshold
@@ -202,7 +204,9 @@ def denoise(
         threshold = float(spec.get("peak_threshold", 0.5))
     sizes = _check_inputs(noisy, spec, list(extra), chrom_sizes, chroms, check_genome)
     bin_size, pad = spec["bin_size"], spec["pad"]
-    window = spec["window"] if window is None else int(window)
+    if window is None:  # long windows amortise the context padding; the output does not depend on the window
+        window = max(spec["window"], -(-INFERENCE_WINDOW // bin_size) * bin_size)
+    window = int(window)
     if window <= 0 or window % bin_size:
         msg = f"window must be a positive multiple of the model's bin size ({bin_size} bp), got {window}."
         raise ValueError(msg)
