@@ -35,6 +35,20 @@ def test_writer_streams_blocks_and_run_length_encodes(tmp_path):
         assert not bw.is_empty()
 
 
+def test_writer_mixes_per_base_and_run_entries(tmp_path):
+    # blocks whose values change at most bases go in as fixed-step entries, the others as runs
+    rng = np.random.default_rng(0)
+    dense = rng.random(3_000).astype(np.float32)
+    sizes = {"chrA": 10_000}
+    with ct.io.BigWigWriter(tmp_path / "m.bw", sizes) as out:
+        out.add("chrA", dense, start=0)
+        out.add("chrA", np.full(4_000, 1.5), start=3_000)
+        out.add("chrA", dense, start=7_000)
+    with ct.io.BigWigReader(tmp_path / "m.bw") as bw:
+        a = bw.values("chrA")
+    np.testing.assert_array_equal(a, np.r_[dense, np.full(4_000, 1.5, np.float32), dense])
+
+
 def test_writer_rejects_wrong_order_and_leaves_nothing(tmp_path, leftovers):
     out_path = tmp_path / "bad.bw"
     with pytest.raises(ValueError, match="order of chrom_sizes"):
