@@ -71,7 +71,8 @@ def run_demo(out_dir: PathLike, *, fast: bool = False, random_state: int = 0) ->
     outputs: dict[str, str] = {}
 
     with log_time("Simulating a noisy/clean ATAC track pair", logger):
-        sizes = {"chr1": 1_000_000, "chr2": 500_000} if fast else None
+        # 4 Mb to train on and 2 Mb to validate: enough windows for the denoiser to learn
+        sizes = {"chr1": 1_000_000, "chr2": 500_000} if fast else {"chr1": 4_000_000, "chr2": 2_000_000}
         sim = datasets.simulate_tracks(out / "tracks", chrom_sizes=sizes, random_state=random_state)
     outputs.update(noisy_track=str(sim.noisy), clean_track=str(sim.clean), clean_peaks=str(sim.narrowpeak))
 
