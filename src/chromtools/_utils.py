@@ -93,3 +93,15 @@ def log_time(message: str, log: logging.Logger | None = None) -> Iterator[None]:
     start = time.perf_counter()
     yield
     log.info("%s finished in %.1f s", message, time.perf_counter() - start)
+
+
+def quiet_lightning() -> None:
+    """Silence Lightning's start-up chatter and its notices that do not apply to chromtools' training loops."""
+    import warnings
+
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=PossibleUserWarning)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)

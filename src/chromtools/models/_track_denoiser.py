@@ -18,7 +18,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import SaveCheckpoint
 
 from chromtools._docs import doc_params
-from chromtools._utils import PathLike, atomic_output
+from chromtools._utils import PathLike, atomic_output, quiet_lightning
 from chromtools.models._track_data import TrackDataModule, TrackSetup, make_setup, pad_for
 from chromtools.models._track_module import AUPRC_METRIC, TrackDenoiserModule, TrackTrainingPlan
 
@@ -26,16 +26,6 @@ logger = logging.getLogger(__name__)
 
 #: Version of the preprocessing spec layout; a saved model with another version is refused.
 SPEC_VERSION = 1
-
-
-def _quiet_lightning() -> None:
-    """Silence Lightning's start-up chatter and the notices that do not apply to window training."""
-    from lightning.pytorch.utilities.warnings import PossibleUserWarning
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=PossibleUserWarning)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
 
 
 def _registry(n_channels: int, channel_names: list[str], window: int) -> dict:
@@ -324,7 +314,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         if self._setup is None:
             msg = "This model has no training data attached (it was loaded); build a new one from TrackDenoiser.setup_tracks()."
             raise RuntimeError(msg)
-        _quiet_lightning()
+        quiet_lightning()
         scvi.settings.seed = random_state
         datamodule = TrackDataModule(
             self._setup, pad=self.spec_["pad"], bin_size=self.spec_["bin_size"], batch_size=batch_size, jitter=jitter

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import random
-import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -18,6 +17,7 @@ from scvi.data.fields import LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from chromtools._docs import doc_params
+from chromtools._utils import quiet_lightning
 from chromtools.models._vrnn_module import DT_KEY, NOISE_KEY, VRNNModule, VRNNTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -28,16 +28,6 @@ DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 1e-2
 DEFAULT_LR_DECAY = 0.05
 DEFAULT_KL_WARMUP = 0.5
-
-
-def _quiet_lightning() -> None:
-    """Silence Lightning's start-up chatter and the notices that do not apply to small tabular training."""
-    from lightning.pytorch.utilities.warnings import PossibleUserWarning
-
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", category=PossibleUserWarning)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
 
 
 @contextlib.contextmanager
@@ -243,7 +233,7 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
         if not 0.0 <= kl_warmup <= 1.0:
             msg = f"kl_warmup is a fraction of max_epochs in [0, 1], got {kl_warmup}."
             raise ValueError(msg)
-        _quiet_lightning()
+        quiet_lightning()
         plan = {
             "optimizer": "Adam",
             "lr": lr,
