@@ -59,3 +59,39 @@ def test_cli_reports_errors_without_traceback(tmp_path):
         text=True,
     )
     assert out.returncode == 2 and "invalid int value" in out.stderr
+
+
+def test_import_is_lazy():
+    """`import chromtools` and the data namespaces do not load torch, scvi-tools or Lightning."""
+    code = (
+        "import sys, chromtools as ct\n"
+        "assert 'chromtools.tl' not in sys.modules and 'anndata' not in sys.modules\n"
+        "ct.io.read_bigwig, ct.pp.lsi, ct.datasets.simulate_tracks, ct.metrics.accuracy, ct.pl.tracks, ct.tl.transfer_labels\n"
+        "heavy = sorted(m for m in ('torch', 'scvi', 'lightning') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+        "from chromtools.models import TrackDenoiser\n"
+        "assert 'torch' in sys.modules and 'scvi' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("ns", ["models", "tl"])
+def test_lazy_exports_match_type_checking_imports(ns):
+    """The names a lazy namespace serves are the ones its TYPE_CHECKING block imports, from the same modules."""
+    import ast
+
+    tree = ast.parse((ROOT / "src" / "chromtools" / ns / "__init__.py").read_text())
+    checked = {
+        alias.name: node.module
+        for block in tree.body
+        if isinstance(block, ast.If)
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    module = getattr(ct, ns)
+    assert sorted(checked) == sorted(module.__all__)
+    for name, source in checked.items():
+        assert getattr(module, name).__module__.endswith(source) or not callable(getattr(module, name))
+    with pytest.raises(AttributeError, match="has no attribute"):
+        getattr(module, "no_such_name")

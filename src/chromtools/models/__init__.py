@@ -1,23 +1,27 @@
 """Models built on scvi-tools base classes."""
 
-from ._arches import freeze_for_surgery, frozen_weight_drift, reference_state_dict, surgery_ready_kwargs
-from ._reference import PeakVAEModule, check_saved_reference
-from ._ssvae import PeakSCANVI
-from ._track_denoiser import TrackDenoiser
-from ._trvae import PeakTRVAE
-from ._vrnn import VRNN
-from ._vrnn_module import VRNNModule
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "PeakSCANVI",
-    "PeakTRVAE",
-    "PeakVAEModule",
-    "TrackDenoiser",
-    "VRNN",
-    "VRNNModule",
-    "check_saved_reference",
-    "freeze_for_surgery",
-    "frozen_weight_drift",
-    "reference_state_dict",
-    "surgery_ready_kwargs",
-]
+from .._lazy import attach
+
+if TYPE_CHECKING:  # names load on first access, so torch and scvi-tools import only when used
+    from ._arches import freeze_for_surgery, frozen_weight_drift, reference_state_dict, surgery_ready_kwargs
+    from ._reference import PeakVAEModule, check_saved_reference
+    from ._ssvae import PeakSCANVI
+    from ._track_denoiser import TrackDenoiser
+    from ._trvae import PeakTRVAE
+    from ._vrnn import VRNN
+    from ._vrnn_module import VRNNModule
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "_arches": ["freeze_for_surgery", "frozen_weight_drift", "reference_state_dict", "surgery_ready_kwargs"],
+        "_reference": ["PeakVAEModule", "check_saved_reference"],
+        "_ssvae": ["PeakSCANVI"],
+        "_track_denoiser": ["TrackDenoiser"],
+        "_trvae": ["PeakTRVAE"],
+        "_vrnn": ["VRNN"],
+        "_vrnn_module": ["VRNNModule"],
+    },
+)

@@ -1,23 +1,25 @@
 """Tools: denoising, temporal clustering and reference mapping on AnnData/MuData."""
 
-from ._denoise import DenoiseResult, denoise, denoise_groups
-from ._label_transfer import transfer_labels
-from ._macs3 import macs3_peaks
-from ._mapping import map_query, train_reference
-from ._peaks import PeakStream, call_peaks
-from ._vrnn import vrnn_cluster, vrnn_export, vrnn_stability
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "DenoiseResult",
-    "PeakStream",
-    "call_peaks",
-    "denoise",
-    "denoise_groups",
-    "macs3_peaks",
-    "map_query",
-    "train_reference",
-    "transfer_labels",
-    "vrnn_cluster",
-    "vrnn_export",
-    "vrnn_stability",
-]
+from .._lazy import attach
+
+if TYPE_CHECKING:  # names load on first access, so torch and scvi-tools import only when used
+    from ._denoise import DenoiseResult, denoise, denoise_groups
+    from ._label_transfer import transfer_labels
+    from ._macs3 import macs3_peaks
+    from ._mapping import map_query, train_reference
+    from ._peaks import PeakStream, call_peaks
+    from ._vrnn import vrnn_cluster, vrnn_export, vrnn_stability
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "_denoise": ["DenoiseResult", "denoise", "denoise_groups"],
+        "_label_transfer": ["transfer_labels"],
+        "_macs3": ["macs3_peaks"],
+        "_mapping": ["map_query", "train_reference"],
+        "_peaks": ["PeakStream", "call_peaks"],
+        "_vrnn": ["vrnn_cluster", "vrnn_export", "vrnn_stability"],
+    },
+)
