@@ -49,6 +49,9 @@ DT_KEY = "dt"
 MASK_KEY = "observed"
 
 _LOG_2PI = math.log(2.0 * math.pi)
+#: Initial ρ of the decay rates λ = softplus(ρ) per median gap (λ ≈ 0.05: 95 % of the state kept over one
+#: median gap, 55 % over twelve); learned from there. Chosen on the simulation seed set 100 (not reported).
+DECAY_INIT = -3.0
 
 
 def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
@@ -107,9 +110,8 @@ class VRNNModule(BaseModuleClass):
         self.backward_rnn = nn.GRUCell(n_features + 1 + (1 if use_noise else 0), n_hidden)
         self.h0 = nn.Parameter(torch.zeros(n_hidden))
         self.b0 = nn.Parameter(torch.zeros(n_hidden))
-        # softplus(-1) ≈ 0.31 per median gap: the state keeps ~73 % over one median gap at the start.
-        self.decay_raw = nn.Parameter(torch.full((n_hidden,), -1.0))
-        self.decay_raw_b = nn.Parameter(torch.full((n_hidden,), -1.0))
+        self.decay_raw = nn.Parameter(torch.full((n_hidden,), DECAY_INIT))
+        self.decay_raw_b = nn.Parameter(torch.full((n_hidden,), DECAY_INIT))
         # Model (biological + technical) variance of a standardised mean, learned; s² is added per time point.
         self.log_var_model = nn.Parameter(torch.tensor(math.log(0.1)))
 
