@@ -20,8 +20,9 @@ system and ``x_t`` reaches its own reconstruction only through ``z_t``.
 The posterior is a smoothing one, ``q(z_t | z_{<t}, x_{1:T})``: a backward GRU reads the whole
 course from the end,
 
-* b_t = GRU_b([m_t φ_x(x_t), m_t, m_t log(s²_t + 10⁻³)], γ_b(Δt_{t+1}) ⊙ b_{t+1}),  b_{T+1} learned,
-  γ_b(Δ) = exp(-λ_b Δ) (``use_dt=False``: γ_b ≡ 1; ``use_noise=False``: no ``s²`` input)
+* b_t = GRU_b([m_t φ_x(x_t), m_t, m_t log(s²_t + 10⁻³)], γ_b(Δt_{t+1}) ⊙ b_{t+1}) for t < T and
+  b_T = GRU_b([…]_T, b_0) with b_0 learned; γ_b(Δ) = exp(-λ_b Δ), λ_b = softplus(ρ_b)
+  (``use_dt=False``: γ_b ≡ 1; ``use_noise=False``: no ``s²`` input)
 * q(z_t | ·) = N(μ_q([h̃_{t-1}, b_t]), diag σ²_q([h̃_{t-1}, b_t]))
 
 Loss (negative ELBO per gene): ``Σ_t m_t · NLL_t + β Σ_t KL(q_t || p_t)``; a time point where the

@@ -22,7 +22,6 @@ from chromtools.pp._timecourse import (
     _get_time_column,
     bh_adjust,
     gene_time_stats,
-    interpolate_missing,
     select_genes,
     summary_anndata,
     time_points,
@@ -849,7 +848,8 @@ def vrnn_export(
 
     Returns
     -------
-    The table written (one row per gene): ``gene``, ``cluster``, ``response``, ``onset``,
+    The table written (one row per gene): ``gene``, ``cluster``, ``membership`` (largest soft
+    membership), ``response``, ``onset``,
     ``peak_time``, ``baseline``, ``amplitude``, ``dynamic_score``, ``dynamic_qval``,
     ``stability`` (when :func:`vrnn_stability` was run) and ``selected``.
     """
@@ -857,6 +857,7 @@ def vrnn_export(
     uns = _check_fitted(adata, key)
     columns = {
         "cluster": f"{key}_cluster",
+        "membership": f"{key}_membership",
         "response": f"{key}_response",
         "onset": f"{key}_onset",
         "peak_time": f"{key}_peak_time",
