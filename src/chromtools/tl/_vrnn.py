@@ -367,10 +367,13 @@ def vrnn_cluster(
     ``'fcm'`` (Mfuzz-style fuzzy c-means). Each gene gets soft module memberships, an onset
     time, a peak time and a response class; each module a consensus timing with an interval.
 
-    What the VRNN adds, measured in ``benchmarks/vrnn.py`` (``benchmarks/results/vrnn.json``):
-    see the "What the VRNN adds" section of the temporal-modules tutorial. In short, on complete,
-    evenly informative time courses k-means on the same standardised profiles does as well; the
-    model is for courses with missing time points, uneven gaps and noisy time points.
+    What the VRNN adds (``benchmarks/vrnn.py``, 5 seeds, ARI): on incomplete or noisy courses
+    it beats k-means on the same profiles (genes measured at half of 12 uneven time points 0.91
+    vs 0.86; shifted onsets 0.91 vs 0.82; sparse counts 0.87 vs 0.84); on complete courses it is
+    level (0.99 vs 0.98) and on the yeast cell cycle worse (0.46 vs 0.49), where
+    ``method='kmeans'`` or ``'fcm'`` is the better choice. The gain does not come from the
+    time-gap decay or the uncertainty weighting (ablations), but from the latent dynamics with a
+    smoothing posterior and masked missing points.
 
     Parameters
     ----------
