@@ -1,12 +1,33 @@
-"""Temporal gene modules: ct.tl.vrnn_cluster against z-score + k-means, k-Shape and a seed-style VRNN.
+"""Temporal gene modules: the VRNN against profile clustering, with ablations, over several seeds.
 
-Run: ``python benchmarks/vrnn.py`` (writes ``benchmarks/results/vrnn.json``; about 10 minutes on 2 cores).
-Needs the ``bench`` extra (tslearn) and the real data folder (``../shared/data`` or CHROMTOOLS_DATA).
+Run: ``python benchmarks/vrnn.py`` (writes ``benchmarks/results/vrnn.json``; ~30 minutes on 2 shared cores).
+``VRNN_BENCH_SMOKE=1`` runs a tiny version to check the script (results not written).
+Needs the real data folder (``../shared/data`` or CHROMTOOLS_DATA); k-Shape needs tslearn (``bench`` extra)
+and is recorded as not run when tslearn cannot be imported.
 
-Data: simulated planted modules (2,000 genes, 7 uneven time points 0-48 h, 100 cells each; per-time
-means of the raw counts, whose truth the simulation plants) and the labelled yeast cell cycle
-(Cho et al. 1998: 384 genes, 17 time points, 5 phase classes). Targets on a 2-core CPU: ARI >= 0.9 on
-the simulation, >= 0.55 on yeast, 2,000 genes trained in <= 60 s, identical results for the same seed.
+Every method runs through ``ct.tl.vrnn_cluster(method=...)`` on the same standardised profiles
+(per-time means of the counts, standardised per gene and shrunk by their standard error; at time
+points where a gene was not measured, the profile methods get the value linearly interpolated in
+real time between the gene's measured points, the VRNN masks the point out of its likelihood).
+
+* ``vrnn``: defaults; ``vrnn_no_dt``: ``use_dt=False`` (no decay with the gap: every gap one step);
+  ``vrnn_no_uncertainty``: ``use_noise=False`` (no standard errors in the likelihood).
+* ``kmeans``: k-means (20 restarts) on the standardised shrunk profiles (the VRNN input);
+  ``kmeans_unshrunk``: on plain z-scores; ``fcm``: Mfuzz-style fuzzy c-means (fuzzifier from
+  Schwämmle & Jensen 2010); ``kshape``: tslearn k-Shape.
+
+Data, with k given (nothing is tuned on the reported data):
+* simulations (``ct.datasets.simulate_timecourse_variant``, 1,000 genes, 5 planted modules):
+  ``standard``, ``uneven_cells``, ``irregular`` (the target set), ``shifted``, ``sparse``; report seeds
+  0-4 (seed s: simulation random_state s and training random_state s). The model's defaults (decay
+  initialisation, epochs, latent size) were chosen on simulation random_state 100, which is not reported.
+  The VRNN ablations run on ``standard``, ``uneven_cells`` and ``irregular`` (compute budget).
+  Run-to-run ARI on a simulation: VRNN trained with seeds 0, 1, 2 on the random_state-0 data.
+  The clusterings run in two worker processes (one torch thread each); the speed check runs alone.
+* yeast cell cycle (Cho et al. 1998; 384 genes, 17 time points, k=5, ARI against the phase classes).
+* HSMM sci-ATAC (gene activity of chr18, 4 time points, top 300 dynamic genes) and THP-1 single-cell
+  qPCR (45 genes, 8 time points): no labels, so run-to-run ARI between seeds and module timing; k is
+  chosen in every run by ``vrnn_cluster``'s own silhouette criterion over 2-8 (``n_clusters=None``).
 """
 
 from __future__ import annotations
@@ -14,321 +35,333 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-# Idle OpenMP threads sleep instead of spinning: on a busy machine spinning makes 2 threads ~50x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import functools
 import itertools
 import logging
+import multiprocessing
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
+from scipy.optimize import linear_sum_assignment
 from sklearn.metrics import adjusted_rand_score
-from sklearn.model_selection import train_test_split
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, peak_rss_mb, require_data, timer, write_results
+from _common import ROOT, machine, peak_rss_mb, require_data, timer, write_results
 
 import chromtools as ct
-from chromtools.models._vrnn import seeded
 
-THREADS = 1  # one torch thread: these small recurrent steps gain nothing from a second one
-K = 5
-SEEDS = (0, 1, 2)
-SIM = {"n_genes": 2_000, "random_state": 0, "layer": "counts"}
+SMOKE = os.environ.get("VRNN_BENCH_SMOKE") == "1"
+THREADS = 1
+SEEDS = (0, 1) if SMOKE else (0, 1, 2, 3, 4)
+STABILITY_SEEDS = (0, 1) if SMOKE else (0, 1, 2)
+TUNING_SEED = 100
+SIM_GENES = 120 if SMOKE else 1_000
+SPEED_GENES = 200 if SMOKE else 2_000
+EPOCHS = 10 if SMOKE else None  # None: the default of ct.tl.vrnn_cluster
+VARIANTS = ("standard", "uneven_cells", "irregular", "shifted", "sparse")
+ABLATION_VARIANTS = ("standard", "uneven_cells", "irregular")  # the VRNN ablations (compute budget)
+WORKERS = 2  # worker processes, one torch thread each
+K_RANGE = range(2, 9)  # unlabelled sets: k chosen in every run by the built-in silhouette criterion
+METHODS = {
+    "vrnn": {"method": "vrnn"},
+    "vrnn_no_dt": {"method": "vrnn", "model_kwargs": {"use_dt": False}},
+    "vrnn_no_uncertainty": {"method": "vrnn", "model_kwargs": {"use_noise": False}},
+    "kmeans": {"method": "kmeans"},
+    "kmeans_unshrunk": {"method": "kmeans", "shrink": False},
+    "fcm": {"method": "fcm"},
+    "kshape": {"method": "kshape"},
+}
+PROFILE_BASELINES = ("kmeans", "kmeans_unshrunk", "fcm", "kshape")
 
 warnings.filterwarnings("ignore")
 logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
 
-def ari(a, b) -> float:
-    return round(float(adjusted_rand_score(a, b)), 4)
+def have_tslearn() -> bool:
+    try:
+        import tslearn  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-# --- baselines ---------------------------------------------------------------------------------
-def zscore_kmeans(summary, labels) -> float:
-    return ari(labels, KMeans(K, n_init=10, random_state=0).fit_predict(summary.layers["zscore"]))
+def rnd(x: float) -> float:
+    return round(float(x), 4)
 
 
-def kshape(summary, labels) -> float:
-    from tslearn.clustering import KShape
-    from tslearn.preprocessing import TimeSeriesScalerMeanVariance
-
-    series = TimeSeriesScalerMeanVariance().fit_transform(summary.layers["mean"][:, :, None])
-    return ari(labels, KShape(n_clusters=K, random_state=0).fit_predict(series))
+def summary_stats(values: list[float]) -> dict:
+    v = np.asarray(values, float)
+    return {"values": [rnd(x) for x in v], "mean": rnd(v.mean()), "sd": rnd(v.std(ddof=1)) if v.size > 1 else 0.0}
 
 
-class SeedVRNN(torch.nn.Module):
-    """The seed project's VRNN (XinyiZoe/VRNN_Gene_Clustering, src/models.py), re-implemented.
-
-    LSTM recurrence on [x_t, z_t]; prior p(z_t | h_{t-1}); encoder q(z_t | x_t, h_{t-1}); decoder
-    on [h_t, z_t] -- h_t has already read x_t, so the latent is not needed; unit-variance Gaussian
-    likelihood; KL weight 1e-6; h 32, z 64, hidden 64.
-    """
-
-    def __init__(self, h_dim: int = 32, z_dim: int = 64, hidden: int = 64):
-        super().__init__()
-        mlp = lambda n_in: torch.nn.Sequential(
-            torch.nn.Linear(n_in, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, hidden), torch.nn.ReLU()
-        )
-        self.enc, self.prior = mlp(h_dim + 1), mlp(h_dim)
-        self.enc_m, self.enc_v = torch.nn.Linear(hidden, z_dim), torch.nn.Linear(hidden, z_dim)
-        self.pri_m, self.pri_v = torch.nn.Linear(hidden, z_dim), torch.nn.Linear(hidden, z_dim)
-        self.rnn = torch.nn.LSTMCell(1 + z_dim, h_dim)
-        self.dec = torch.nn.Sequential(
-            torch.nn.Linear(h_dim + z_dim, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
-        )
-        self.h_dim = h_dim
-
-    def forward(self, x):
-        n, T, _ = x.shape
-        h = x.new_zeros(n, self.h_dim)
-        c = x.new_zeros(n, self.h_dim)
-        loss, zs, means = 0.0, [], []
-        for t in range(T):
-            e = self.enc(torch.cat([h, x[:, t]], -1))
-            qm, qlv = self.enc_m(e), self.enc_v(e)
-            p = self.prior(h)
-            pm, plv = self.pri_m(p), self.pri_v(p)
-            z = qm + torch.randn_like(qm) * torch.exp(0.5 * qlv)
-            h, c = self.rnn(torch.cat([x[:, t], z], -1), (h, c))
-            xm = self.dec(torch.cat([h, z], -1))
-            nll = 0.5 * ((x[:, t] - xm) ** 2).sum(-1)
-            kl = 0.5 * (plv - qlv + (qlv.exp() + (qm - pm) ** 2) / plv.exp() - 1).sum(-1)
-            loss = loss + nll + 1e-6 * kl
-            zs.append(z)
-            means.append(qm)
-        return loss.mean(), torch.stack(zs, 1), torch.stack(means, 1)
+def run(adata, method: str, k: int, seed: int, layer, **extra) -> dict:
+    """One clustering through the public API: labels (None where not modelled), seconds, module timing."""
+    a = adata.copy()
+    kw = dict(METHODS[method])
+    if EPOCHS is not None:
+        kw["max_epochs"] = EPOCHS
+    kw.update(extra)
+    with timer() as t:
+        ct.tl.vrnn_cluster(a, "time", k, layer=layer, random_state=seed, accelerator="cpu", devices=1, **kw)
+    labels = a.var["vrnn_cluster"].astype(object).to_numpy()
+    return {
+        "labels": labels,
+        "seconds": t["seconds"],
+        "timing": a.uns["vrnn"]["module_timing"],
+        "membership": a.var["vrnn_membership"].to_numpy(),
+    }
 
 
-def supervised_reference(summary, labels) -> dict:
-    """How well the labels can be told apart from the standardised curves at all: 5-fold cross-validated
-    classifiers, and nearest true class centroid. A clustering is unlikely to agree with the labels more."""
+def ari_on_selected(truth, labels) -> float:
+    sel = np.asarray([v is not None and v == v for v in labels])
+    return float(adjusted_rand_score(np.asarray(truth)[sel], labels[sel].astype(str)))
+
+
+def pairwise_ari(label_sets: list[np.ndarray]) -> dict:
+    pairs = []
+    for a, b in itertools.combinations(label_sets, 2):
+        sel = np.asarray([x is not None and x == x for x in a]) & np.asarray([x is not None and x == x for x in b])
+        pairs.append(adjusted_rand_score(a[sel].astype(str), b[sel].astype(str)))
+    return {"pairs": [rnd(p) for p in pairs], "mean": rnd(np.mean(pairs)), "min": rnd(np.min(pairs))}
+
+
+def methods_to_run() -> list[str]:
+    return [m for m in METHODS if m != "kshape" or have_tslearn()]
+
+
+@functools.cache
+def dataset(name: str, seed: int = 0):
+    """(AnnData, layer, k, extra arguments, truth or None) of a data set; cached per worker process."""
+    data = require_data()
+    if name in VARIANTS:
+        sim = ct.datasets.simulate_timecourse_variant(name, SIM_GENES, random_state=seed)
+        return sim, "counts", 5, {}, sim.var["module"].astype(str).to_numpy()
+    if name == "yeast":
+        yeast = ct.datasets.cho1998_yeast(data)
+        return yeast, None, 5, {}, yeast.var["phase_class"].astype(str).to_numpy()
+    if name == "hsmm":
+        atac = ct.datasets.hsmm_sciatac(data)
+        activity = ct.pp.gene_activity(atac, ct.datasets.hsmm_gene_annotation(data))
+        return activity, "counts", None, {"n_top_genes": 300, "k_range": K_RANGE}, None
+    if name == "thp1":
+        return ct.datasets.kouno2013_thp1(data), None, None, {"k_range": K_RANGE}, None
+    raise ValueError(name)
+
+
+def task(args: tuple[str, int, str, int]) -> dict:
+    """One clustering: data set ``name`` (simulation seed ``data_seed``), ``method``, training seed ``seed``."""
+    name, data_seed, method, seed = args
+    torch.set_num_threads(THREADS)
+    adata, layer, k, extra, truth = dataset(name, data_seed)
+    r = run(adata, method, k, seed, layer, **extra)
+    out = {
+        "labels": r["labels"],
+        "seconds": r["seconds"],
+        "timing": r["timing"],
+        "membership": float(np.nanmean(r["membership"])),
+    }
+    if truth is not None:
+        out["ari"] = ari_on_selected(truth, r["labels"])
+    return out
+
+
+def all_tasks() -> list[tuple[str, int, str, int]]:
+    tasks = []
+    for variant in VARIANTS:
+        for m in methods_to_run():
+            if m.startswith("vrnn_") and variant not in ABLATION_VARIANTS:
+                continue
+            tasks += [(variant, seed, m, seed) for seed in SEEDS]
+        tasks += [(variant, 0, "vrnn", s) for s in STABILITY_SEEDS if s != 0]  # seed 0 on data 0 is above
+    for name in ("yeast", "hsmm", "thp1"):
+        tasks += [(name, 0, m, seed) for m in methods_to_run() for seed in SEEDS]
+    return tasks
+
+
+def bench_simulation(variant: str, done: dict) -> dict:
+    out = {"methods": {}}
+    for m in methods_to_run():
+        if (variant, 0, m, 0) not in done:
+            continue
+        runs = [done[(variant, seed, m, seed)] for seed in SEEDS]
+        out["methods"][m] = {
+            "ari": summary_stats([r["ari"] for r in runs]),
+            "seconds_mean": round(float(np.mean([r["seconds"] for r in runs])), 1),
+            "mean_top_membership": rnd(np.mean([r["membership"] for r in runs])),
+        }
+    out["run_to_run_ari_vrnn"] = pairwise_ari([done[(variant, 0, "vrnn", s)]["labels"] for s in STABILITY_SEEDS])
+    sim0 = ct.datasets.simulate_timecourse_variant(variant, 20, random_state=0).uns["simulation"]
+    out["design"] = {k: sim0[k] for k in ("time_points", "cells_per_time", "mean_count", "time_shift", "missing")}
+    print(f"== simulation {variant}: " + "  ".join(
+        f"{m} {v['ari']['mean']:.3f}±{v['ari']['sd']:.3f}" for m, v in out["methods"].items()), flush=True)
+    return out
+
+
+def match_to(reference: np.ndarray, labels: np.ndarray) -> dict:
+    """Map each module of ``labels`` to the reference module it overlaps most (Hungarian)."""
+    ref, lab = np.unique(reference), np.unique(labels)
+    overlap = np.array([[np.sum((labels == a) & (reference == b)) for b in ref] for a in lab])
+    rows, cols = linear_sum_assignment(-overlap)
+    return {lab[r]: ref[c] for r, c in zip(rows, cols, strict=True)}
+
+
+def bench_unlabelled(name: str, done: dict) -> dict:
+    """Run-to-run ARI between seeds and module timing (onset with its bootstrap interval) of every method."""
+    out = {}
+    for m in methods_to_run():
+        runs = [done[(name, 0, m, seed)] for seed in SEEDS]
+        labels = [r["labels"] for r in runs]
+        ref = labels[0]
+        sel = np.asarray([x is not None and x == x for x in ref])
+        ref_table = runs[0]["timing"].set_index("module")
+        onsets = {mod: [] for mod in ref_table.index}
+        for r in runs:
+            mapping = match_to(ref[sel].astype(str), r["labels"][sel].astype(str))
+            table = r["timing"].set_index("module")
+            for mod in table.index:
+                if mod in mapping:
+                    onsets[mapping[mod]].append(float(table.loc[mod, "onset"]))
+        timing = []
+        for mod, row in ref_table.iterrows():
+            values = np.asarray(onsets[mod], float)
+            timing.append(
+                {
+                    "module": mod,
+                    "n_genes": int(row["n_genes"]),
+                    "response": row.get("response"),
+                    "onset_seed0": rnd(row["onset"]),
+                    "onset_interval_seed0": [rnd(row["onset_low"]), rnd(row["onset_high"])],
+                    "onset_sd_across_seeds": rnd(np.nanstd(values)) if np.isfinite(values).any() else None,
+                }
+            )
+        out[m] = {
+            "k_chosen": [int(np.unique([x for x in lab if x is not None and x == x]).size) for lab in labels],
+            "run_to_run_ari": pairwise_ari(labels),
+            "seconds_mean": round(float(np.mean([r["seconds"] for r in runs])), 1),
+            "mean_top_membership": rnd(runs[0]["membership"]),
+            "module_timing": timing,
+        }
+        print(f"== {name} {m}: run-to-run ARI {out[m]['run_to_run_ari']['mean']}", flush=True)
+    return out
+
+
+def bench_yeast(done: dict) -> dict:
+    yeast, _, _, _, truth = dataset("yeast")
+    out = {"genes": int(yeast.n_vars), "time_points": int(yeast.n_obs), "methods": {}}
+    for m in methods_to_run():
+        runs = [done[("yeast", 0, m, seed)] for seed in SEEDS]
+        out["methods"][m] = {
+            "ari": summary_stats([r["ari"] for r in runs]),
+            "run_to_run_ari": pairwise_ari([r["labels"] for r in runs]),
+            "seconds_mean": round(float(np.mean([r["seconds"] for r in runs])), 1),
+        }
+        print(f"== yeast {m}: ARI {out['methods'][m]['ari']['mean']} ± {out['methods'][m]['ari']['sd']}", flush=True)
+    out["supervised_reference"] = supervised_reference(yeast, truth)
+    return out
+
+
+def supervised_reference(yeast, truth) -> dict:
+    """How well the phases can be told apart from the standardised profiles at all (5-fold CV classifiers)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.svm import SVC
 
-    z = summary.layers["zscore"]
+    s = ct.pp.timecourse_summary(yeast, "time", n_top_genes=None)
+    y = truth[yeast.var_names.get_indexer(s.obs_names)]
     cv = StratifiedKFold(5, shuffle=True, random_state=0)
-    centroids = np.stack([z[labels == c].mean(0) for c in np.unique(labels)])
-    nearest = np.unique(labels)[((z[:, None, :] - centroids[None]) ** 2).sum(-1).argmin(1)]
-    return {
-        "logistic_regression_cv_ari": ari(
-            labels, cross_val_predict(LogisticRegression(max_iter=5000), z, labels, cv=cv)
-        ),
-        "rbf_svm_cv_ari": ari(labels, cross_val_predict(SVC(C=1.0), z, labels, cv=cv)),
-        "nearest_true_centroid_ari": ari(labels, nearest),
-    }
+    pred = cross_val_predict(LogisticRegression(max_iter=5000), s.layers["zscore"], y, cv=cv)
+    return {"logistic_regression_cv_ari": rnd(adjusted_rand_score(y, pred))}
 
 
-def seed_vrnn(summary, labels, seed: int = 42, epochs: int = 2_000) -> dict:
-    """The seed's recipe: unscaled per-time means, Adam 1e-4, 2,000 epochs, batch 400, 80/20 gene split,
-    sampled z averaged over time, k-means (random_state 42). Seeded here (the seed project is not)."""
-    x = torch.tensor(np.asarray(summary.layers["mean"]), dtype=torch.float32).unsqueeze(-1)
-    with seeded(seed):
-        model = SeedVRNN()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        train_idx, _ = train_test_split(np.arange(x.shape[0]), test_size=0.2, random_state=42)
-        with timer() as t:
-            for _ in range(epochs):
-                perm = torch.from_numpy(np.random.permutation(train_idx))
-                for i in range(0, perm.numel(), 400):
-                    loss, _, _ = model(x[perm[i : i + 400]])
-                    opt.zero_grad()
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                    opt.step()
-        with torch.no_grad():
-            _, z, qm = model(x)
-    pred = KMeans(K, random_state=42, n_init=10).fit_predict(z.mean(1).numpy())
-    # Diagnostic: the same trained network with posterior means (kept per time point) as features.
-    pred_means = KMeans(K, random_state=42, n_init=10).fit_predict(qm.reshape(qm.shape[0], -1).numpy())
-    return {
-        "ari": ari(labels, pred),
-        "ari_with_posterior_means": ari(labels, pred_means),
-        "train_seconds": round(t["seconds"], 1),
-        "epochs": epochs,
-    }
-
-
-# --- ours --------------------------------------------------------------------------------------
-def ours(adata, labels, *, layer, seed=0, **kw) -> tuple[float, object]:
-    a = adata.copy()
-    with timer() as t:
-        ct.tl.vrnn_cluster(a, "time", K, layer=layer, random_state=seed, accelerator="cpu", devices=1, **kw)
-    sel = a.var["vrnn_selected"].to_numpy()
-    return ari(labels[sel], a.var["vrnn_cluster"].to_numpy()[sel]), a, t["seconds"]
-
-
-def bench_dataset(name, adata, labels, layer) -> dict:
-    print(f"== {name}: {adata.n_obs} samples x {adata.n_vars} genes", flush=True)
-    summary = ct.pp.timecourse_summary(adata, "time", layer=layer, n_top_genes=None)
-    y = labels[adata.var_names.get_indexer(summary.obs_names)]
-    shrunk = KMeans(K, n_init=10, random_state=0).fit_predict(summary.X)
-    out = {
-        "genes": int(summary.n_obs),
-        "time_points": summary.var["time"].tolist(),
-        "zscore_kmeans": zscore_kmeans(summary, y),
-        "kshape": kshape(summary, y),
-        "shrunk_zscore_kmeans": ari(y, shrunk),
-        "supervised_reference": supervised_reference(summary, y),
-    }
-    print(f"   z-score+k-means {out['zscore_kmeans']}  k-Shape {out['kshape']}  shrunk {out['shrunk_zscore_kmeans']}")
-    runs, features = [], []
-    for seed in SEEDS:
-        score, a, secs = ours(adata, labels, layer=layer, seed=seed)
-        runs.append({"seed": seed, "ari": score, "seconds": round(secs, 1)})
-        features.append(a.var["vrnn_cluster"].to_numpy())
-        print(f"   vrnn_cluster seed {seed}: ARI {score} ({secs:.1f} s)", flush=True)
-    out["vrnn_cluster"] = runs[0]["ari"]
-    out["vrnn_cluster_runs"] = runs
-    out["vrnn_cluster_mean_ari"] = round(float(np.mean([r["ari"] for r in runs])), 4)
-    pairs = [
-        ari(*[f[~_na(f)] for f in (features[i], features[j])]) for i, j in itertools.combinations(range(len(SEEDS)), 2)
-    ]
-    out["run_to_run_ari"] = {"pairs": pairs, "mean": round(float(np.mean(pairs)), 4), "min": min(pairs)}
-    out["seed_vrnn"] = seed_vrnn(summary, y)
-    print(f"   seed-style VRNN: ARI {out['seed_vrnn']['ari']} ({out['seed_vrnn']['train_seconds']} s)", flush=True)
-    ablations = {}
-    for label, kw in {
-        "no_time_gap_input": {"model_kwargs": {"use_dt": False}},
-        "no_uncertainty_weighting": {"model_kwargs": {"use_noise": False}},
-        "no_shrinkage": {"shrink": False},
-        "x_in_recurrence": {"model_kwargs": {"recurrence": "xz"}},
-    }.items():
-        ablations[label] = ours(adata, labels, layer=layer, **kw)[0]
-    out["ablations"] = ablations
-    print(f"   ablations {ablations}", flush=True)
-    return out
-
-
-def _na(values) -> np.ndarray:
-    return np.asarray([v is None or (isinstance(v, float) and np.isnan(v)) for v in values])
-
-
-def bench_lognormalised(adata, labels) -> dict:
-    """The same simulation summarised from log-normalised X instead of counts (a check, not a target)."""
-    summary = ct.pp.timecourse_summary(adata, "time", n_top_genes=None)
-    y = labels[adata.var_names.get_indexer(summary.obs_names)]
-    score, a, _ = ours(adata, labels, layer=None)
-    sel = a.var["vrnn_selected"].to_numpy()
-    response = a.var["vrnn_response"].to_numpy()[sel]
-    flat_called_down = float(np.mean(response[y == "flat"] == "down"))
-    out = {
-        "zscore_kmeans": zscore_kmeans(summary, y),
-        "shrunk_zscore_kmeans": ari(y, KMeans(K, n_init=10, random_state=0).fit_predict(summary.X)),
-        "vrnn_cluster": score,
-        "share_of_planted_flat_genes_called_down": round(flat_called_down, 3),
-        "note": "Normalising each cell to a fixed total makes unchanged genes decrease when 45 % of genes rise "
-        "(a compositional effect), so planted flat genes look like down-regulated ones in X.",
-    }
-    print(f"   log-normalised X: {out}", flush=True)
-    return out
-
-
-def bench_speed_and_determinism(adata) -> dict:
-    """Train time of the VRNN alone on 2,000 genes (1 and 2 torch threads), and identical results for one seed."""
-    summary = ct.pp.timecourse_summary(adata, "time", layer=SIM["layer"], n_top_genes=2_000)
-    ct.models.VRNN.setup_anndata(summary)
-    times, feats = {}, []
+def bench_speed() -> dict:
+    """Time of ct.tl.vrnn_cluster on 2,000 genes (7 time points), 1 and 2 torch threads, on the shared machine."""
+    sim = ct.datasets.simulate_timecourse_variant("standard", SPEED_GENES, random_state=0)
+    out = {"genes": SPEED_GENES, "time_points": 7, "seconds_by_threads": {}}
+    labels = []
     for threads in (1, 2, 1):
         torch.set_num_threads(threads)
-        model = ct.models.VRNN(summary, random_state=0)
-        with timer() as t:
-            model.train(accelerator="cpu", devices=1, progress=False, random_state=0, cpu_threads=threads)
-        times.setdefault(threads, []).append(round(t["seconds"], 1))
+        r = run(sim, "vrnn", 5, 0, "counts", train_kwargs={"cpu_threads": threads})
+        out["seconds_by_threads"].setdefault(str(threads), []).append(round(r["seconds"], 1))
         if threads == 1:
-            feats.append(model.get_latent_representation())
-        print(f"   train 2,000 genes, {threads} thread(s): {t['seconds']:.1f} s", flush=True)
+            labels.append(r["labels"])
+        print(f"   vrnn_cluster on {SPEED_GENES} genes, {threads} thread(s): {r['seconds']:.1f} s", flush=True)
     torch.set_num_threads(THREADS)
-    a, b = (adata.copy() for _ in range(2))
-    with timer() as t:
-        ct.tl.vrnn_cluster(a, "time", K, layer=SIM["layer"], random_state=3, accelerator="cpu", devices=1)
-    ct.tl.vrnn_cluster(b, "time", K, layer=SIM["layer"], random_state=3, accelerator="cpu", devices=1)
-    best = min(min(v) for v in times.values())
-    return {
-        "genes": int(summary.n_obs),
-        "time_points": int(summary.n_vars),
-        "epochs": 150,
-        "batch_size": 128,
-        "train_seconds_by_threads": {str(k): v for k, v in times.items()},
-        "train_seconds_best": best,
-        "vrnn_cluster_seconds": round(t["seconds"], 1),
-        "identical_features_same_seed": bool(np.array_equal(feats[0], feats[1])),
-        "identical_clusters_same_seed": bool(
-            a.var["vrnn_cluster"].equals(b.var["vrnn_cluster"])
-            and np.array_equal(a.varm["X_vrnn"], b.varm["X_vrnn"], equal_nan=True)
-        ),
-    }
+    out["best_seconds"] = min(min(v) for v in out["seconds_by_threads"].values())
+    out["identical_clusters_same_seed"] = bool(np.array_equal(labels[0], labels[1]))
+    return out
+
+
+def targets(results: dict) -> list[dict]:
+    irr = results["simulations"]["irregular"]["methods"]
+    best_name = max((m for m in PROFILE_BASELINES if m in irr), key=lambda m: irr[m]["ari"]["mean"])
+    vrnn_irr = irr["vrnn"]["ari"]["mean"]
+    margin = rnd(vrnn_irr - irr[best_name]["ari"]["mean"])
+    yeast = results["yeast"]["methods"]["vrnn"]["ari"]["mean"]
+    r2r = {f"simulation {v}": results["simulations"][v]["run_to_run_ari_vrnn"]["mean"] for v in VARIANTS}
+    r2r["yeast"] = results["yeast"]["methods"]["vrnn"]["run_to_run_ari"]["mean"]
+    r2r["hsmm"] = results["hsmm"]["vrnn"]["run_to_run_ari"]["mean"]
+    r2r["thp1"] = results["thp1"]["vrnn"]["run_to_run_ari"]["mean"]
+    speed = results["speed"]["best_seconds"]
+    return [
+        {"name": "irregular simulation: VRNN ARI (mean over seeds)", "target": ">= 0.9", "value": vrnn_irr,
+         "met": vrnn_irr >= 0.9},
+        {"name": f"irregular simulation: VRNN ARI minus best profile baseline ({best_name})", "target": ">= 0.05",
+         "value": margin, "met": margin >= 0.05},
+        {"name": "yeast (k=5): VRNN ARI (mean over seeds)", "target": ">= 0.55", "value": yeast, "met": yeast >= 0.55},
+        {"name": "run-to-run ARI of the VRNN on every set (lowest set mean)", "target": ">= 0.9",
+         "value": {k: v for k, v in r2r.items()}, "met": min(r2r.values()) >= 0.9},
+        {"name": "vrnn_cluster on 2,000 genes on the 2-core machine (s; shared with other jobs)", "target": "<= 60",
+         "value": speed, "met": speed <= 60},
+        {"name": "identical results for the same seed", "target": True,
+         "value": results["speed"]["identical_clusters_same_seed"],
+         "met": results["speed"]["identical_clusters_same_seed"]},
+    ]
 
 
 def main() -> None:
     torch.set_num_threads(THREADS)
-    data = require_data()
-    sim = ct.datasets.simulate_timecourse(SIM["n_genes"], random_state=SIM["random_state"])
-    yeast = ct.datasets.cho1998_yeast(data)
+    require_data()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     load_start = os.getloadavg()
     with timer() as total:
-        results = {
-            "simulated": bench_dataset(
-                "simulated planted modules", sim, sim.var["module"].astype(str).to_numpy(), "counts"
-            ),
-            "yeast": bench_dataset("yeast cell cycle", yeast, yeast.var["phase_class"].astype(str).to_numpy(), None),
-            "simulated_lognormalised": bench_lognormalised(sim, sim.var["module"].astype(str).to_numpy()),
-            "speed": bench_speed_and_determinism(sim),
-        }
-    sp, ye = results["simulated"], results["yeast"]
-    speed = results["speed"]
-    targets = [
-        {
-            "name": "ARI on simulated planted modules",
-            "target": ">= 0.9",
-            "value": sp["vrnn_cluster"],
-            "met": sp["vrnn_cluster"] >= 0.9,
-        },
-        {
-            "name": "ARI on yeast 384 genes / 5 phases",
-            "target": ">= 0.55",
-            "value": ye["vrnn_cluster"],
-            "met": ye["vrnn_cluster"] >= 0.55,
-        },
-        {
-            "name": "train time for 2,000 genes on 2 CPU cores (s)",
-            "target": "<= 60",
-            "value": speed["train_seconds_best"],
-            "met": speed["train_seconds_best"] <= 60,
-        },
-        {
-            "name": "identical results for the same seed",
-            "target": True,
-            "value": speed["identical_features_same_seed"] and speed["identical_clusters_same_seed"],
-            "met": speed["identical_features_same_seed"] and speed["identical_clusters_same_seed"],
-        },
-    ]
+        tasks = all_tasks()
+        # longest first (irregular simulations, then VRNN fits) so the two workers finish together
+        tasks.sort(key=lambda t: (t[0] != "irregular", not t[2].startswith("vrnn"), t[0] not in VARIANTS))
+        print(f"{len(tasks)} clusterings on {WORKERS} worker processes", flush=True)
+        with multiprocessing.get_context("fork").Pool(WORKERS) as pool:
+            done = dict(zip(tasks, pool.map(task, tasks, chunksize=1), strict=True))
+        results = {"simulations": {v: bench_simulation(v, done) for v in VARIANTS}}
+        results["yeast"] = bench_yeast(done)
+        results["hsmm"] = bench_unlabelled("hsmm", done)
+        results["thp1"] = bench_unlabelled("thp1", done)
+        results["speed"] = bench_speed()
+    results["targets"] = targets(results)
     results.update(
         {
             "command": "python benchmarks/vrnn.py",
+            "git_commit": commit,
             "machine": machine(),
-            "torch_threads_used": THREADS,
             "settings": {
-                "n_clusters": K,
                 "seeds": list(SEEDS),
-                "vrnn_cluster": "defaults (n_top_genes=2000, n_latent=4, n_hidden=32, 150 epochs, batch 128, Adam lr 1e-2 cosine-decayed to 5e-4, "
-                "KL warm-up over half the epochs to beta=1, shrink=True)",
-                "simulation": {**SIM, "time_points_h": [0, 1, 3, 6, 12, 24, 48], "cells_per_time": 100},
-                "yeast": "ct.datasets.cho1998_yeast(labelled=True), X as given (standardised by the source)",
-                "zscore_kmeans": "per-time means z-scored per gene, KMeans(5, n_init=10)",
-                "kshape": "tslearn KShape(5) on mean-variance scaled per-time means",
-                "shrunk_zscore_kmeans": "chromtools' shrunk standardised means (the VRNN input) with KMeans(5): ablation without the VRNN",
-                "seed_vrnn": "re-implementation of XinyiZoe/VRNN_Gene_Clustering: decoder on h_t, beta=1e-6, "
-                "sampled z averaged over time, unscaled means, Adam 1e-4, 2000 epochs, batch 400, 80/20 split; "
-                "ari_with_posterior_means is a diagnostic with the same network and per-time posterior means",
+                "stability_seeds_simulation": list(STABILITY_SEEDS),
+                "tuning_seed_not_reported": TUNING_SEED,
+                "simulation_genes": SIM_GENES,
+                "ablation_variants": list(ABLATION_VARIANTS),
+                "workers": WORKERS,
+                "kshape": "tslearn KShape" if have_tslearn() else "not run: tslearn is not importable in this environment",
+                "methods": {m: str(v) for m, v in METHODS.items()},
+                "missing_points_for_profile_methods": "linear interpolation in real time between the gene's measured "
+                "time points (constant beyond the first/last measured one), after standardising and shrinking",
+                "vrnn": "ct.tl.vrnn_cluster defaults (n_latent=4, n_hidden=32, 150 epochs, batch 128, Adam 1e-2 "
+                "cosine-decayed to 5e-4, KL warm-up over half the epochs, shrink=True, k-means on posterior means)",
+                "timing_note": "seconds measured on a 2-core machine shared with three other jobs: not reportable as speed",
             },
-            "targets": targets,
             "total_seconds": round(total["seconds"], 1),
             "load_average_1_5_15min": {
                 "start": [round(v, 2) for v in load_start],
@@ -337,8 +370,11 @@ def main() -> None:
             "peak_rss_mb": round(peak_rss_mb(), 1),
         }
     )
-    write_results("vrnn", results)
-    for t in targets:
+    if SMOKE:
+        print("smoke run: results not written")
+    else:
+        write_results("vrnn", results)
+    for t in results["targets"]:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['name']}: {t['value']} (target {t['target']})")
 
 

@@ -89,3 +89,39 @@ def test_timecourse_modules():
     assert np.ptp(tc.var["baseline"]) > 4
     curve = ct.datasets.module_curve("fast_transient", np.array([0.0, 2.0, 50.0]), tau=2.0, onset=10.0)
     assert curve[0] == 0 and np.isclose(curve[1], 1.0) and curve[2] < 0.01
+
+
+def test_timecourse_variants():
+    standard = ct.datasets.simulate_timecourse(200, random_state=3)
+    same = ct.datasets.simulate_timecourse_variant("standard", 200, random_state=3)
+    assert np.array_equal(standard.layers["counts"].toarray(), same.layers["counts"].toarray())
+    assert same.uns["simulation"]["variant"] == "standard" and same.varm["observed"].all()
+
+    uneven = ct.datasets.simulate_timecourse_variant("uneven_cells", 200, random_state=3)
+    assert uneven.obs["time"].value_counts().sort_index().tolist() == [200, 12, 150, 8, 100, 10, 60]
+
+    irregular = ct.datasets.simulate_timecourse_variant("irregular", 200, random_state=3)
+    observed = irregular.varm["observed"]
+    assert observed.shape == (200, 12) and observed[:, 0].all()
+    assert (observed.sum(1) == 6).all()  # each gene measured at half of the 12 time points ...
+    assert len({tuple(row) for row in observed}) > 100  # ... a different half per gene
+    counts = irregular.layers["counts"].toarray()
+    cell_t = np.searchsorted(irregular.uns["simulation"]["time_points"], irregular.obs["time"].to_numpy())
+    assert np.array_equal(np.isnan(counts), ~observed.T[cell_t])
+    assert np.array_equal(np.isnan(irregular.X), np.isnan(counts))
+
+    shifted = ct.datasets.simulate_timecourse_variant("shifted", 300, random_state=3)
+    assert 0 <= shifted.var["shift"].min() and shifted.var["shift"].max() <= 8 and shifted.var["shift"].std() > 1.5
+    late = shifted.var["shift"] > 5
+    sustained = (shifted.var["module"] == "fast_sustained").to_numpy()
+    truth = shifted.varm["truth"] - shifted.var["baseline"].to_numpy()[:, None]
+    t3 = shifted.uns["simulation"]["time_points"].index(3.0)
+    early = (shifted.var["shift"] < 2).to_numpy()
+    assert np.abs(truth[sustained & late, t3]).max() < 1e-6 < truth[sustained & early, t3].min()
+
+    sparse = ct.datasets.simulate_timecourse_variant("sparse", 200, random_state=3)
+    assert (sparse.layers["counts"].toarray() == 0).mean() > 0.5 > (standard.layers["counts"].toarray() == 0).mean()
+    with pytest.raises(ValueError, match="Unknown time-course variant"):
+        ct.datasets.simulate_timecourse_variant("weird")
+    with pytest.raises(ValueError, match="one per time point"):
+        ct.datasets.simulate_timecourse(10, cells_per_time=(5, 5))

@@ -1,4 +1,4 @@
-"""The VRNN's maths: a decoder blind to x_t, the time gap as an input, an active and annealed KL term."""
+"""The VRNN's maths: the documented recurrence, GRU-D decay with the gap, smoothing posterior, masking, KL."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import chromtools as ct
-from chromtools.models._vrnn_module import DT_KEY, NOISE_KEY, VRNNModule, gaussian_kl
+from chromtools.models._vrnn_module import DT_KEY, MASK_KEY, NOISE_KEY, VRNNModule, gaussian_kl
 
 torch.set_num_threads(1)
 
@@ -33,64 +33,105 @@ def _trained(summary, seed=0, max_epochs=25, **kw):
     return model
 
 
-@pytest.mark.parametrize("recurrence", ["z", "xz"])
-def test_decoder_cannot_see_x_t(recurrence):
+def test_decoder_cannot_see_x_given_the_latents():
     torch.manual_seed(0)
-    module = VRNNModule(recurrence=recurrence).eval()
+    module = VRNNModule().eval()
     x, dt, noise = _inputs()
     z = torch.randn(x.shape[0], x.shape[1], module.n_latent)
-    t = 3
     x2 = x.clone()
-    x2[:, t] += 5.0  # a large change of x_t only
+    x2[:, 3] += 5.0  # a large change of x_3 only
     with torch.no_grad():
         a = module.inference(x, dt, noise, z=z)
         b = module.inference(x2, dt, noise, z=z)
-        pa = module.generative(a["z"], a["h_prev"], dt)["px_m"]
-        pb = module.generative(b["z"], b["h_prev"], dt)["px_m"]
-    # Given z_t and h_{t-1}, p(x_t | .) is unchanged: the decoder at t (and before) never reads x_t ...
-    assert torch.equal(a["h_prev"][:, : t + 1], b["h_prev"][:, : t + 1])
-    assert torch.equal(pa[:, : t + 1], pb[:, : t + 1])
-    # ... while the encoder does read it (the test can see a dependence when there is one).
-    assert not torch.allclose(a["qz_m"][:, t], b["qz_m"][:, t])
-    if recurrence == "xz":  # x_t enters h_t, so later decoders (t+1, ...) may depend on it
-        assert not torch.allclose(pa[:, t + 1], pb[:, t + 1])
-    else:  # latent-only recurrence: x reaches the decoder only through z
-        assert torch.equal(pa, pb)
+        pa = module.generative(a["z"], a["h_prev"])["px_m"]
+        pb = module.generative(b["z"], b["h_prev"])["px_m"]
+    # x enters neither the recurrence nor the decoder: given the latents the generative model ignores it ...
+    assert torch.equal(a["h_prev"], b["h_prev"]) and torch.equal(pa, pb)
+    # ... while the (smoothing) posterior reads x_3 at t = 3 and at every earlier time point.
+    for t in range(4):
+        assert not torch.allclose(a["qz_m"][:, t], b["qz_m"][:, t])
 
 
-def test_decoder_gradient_wrt_x_t_is_zero_given_z():
-    torch.manual_seed(1)
-    module = VRNNModule(recurrence="xz")
+def test_documented_recurrence_step_by_step():
+    """h̃_{t-1} = exp(-softplus(ρ) Δt_t) h_{t-1}; prior(h̃); q([h̃, b_t]); h_t = GRU(φ_z(z_t), h̃_{t-1})."""
+    torch.manual_seed(4)
+    module = VRNNModule().eval()
     x, dt, noise = _inputs()
-    x.requires_grad_(True)
     z = torch.randn(x.shape[0], x.shape[1], module.n_latent)
-    out = module.inference(x, dt, noise, z=z)
-    px = module.generative(out["z"], out["h_prev"], dt)["px_m"]
-    for t in range(x.shape[1]):
-        (grad,) = torch.autograd.grad(px[:, t].sum(), x, retain_graph=True)
-        assert torch.all(grad[:, t:] == 0), f"decoder at t={t} depends on x_t or later"
-        if t > 0:
-            assert grad[:, :t].abs().sum() > 0  # but on the past, through h_{t-1}
+    with torch.no_grad():
+        out = module.inference(x, dt, noise, z=z)
+        b = module.smoothing_states(x, dt, torch.ones_like(x), noise)
+        h = module.h0.expand(x.shape[0], -1)
+        for t in range(x.shape[1]):
+            h = torch.exp(-torch.nn.functional.softplus(module.decay_raw) * dt[:, t : t + 1]) * h
+            assert torch.allclose(out["h_prev"][:, t], h, atol=1e-6)
+            m_p, v_p = module._split(module.prior(h))
+            assert torch.allclose(out["pz_m"][:, t], m_p, atol=1e-6) and torch.allclose(out["pz_v"][:, t], v_p)
+            m_q, _ = module._split(module.encoder(torch.cat([h, b[:, t]], -1)))
+            assert torch.allclose(out["qz_m"][:, t], m_q, atol=1e-6)
+            h = module.rnn(module.phi_z(z[:, t]), h)
+        # backward pass: b_t from b_{t+1} decayed by the gap Δt_{t+1}
+        t = 2
+        inp = torch.cat([module.phi_x(x[:, t : t + 1]), torch.ones_like(x[:, :1]), torch.log(noise[:, t : t + 1] + 1e-3)], -1)
+        decay_b = torch.exp(-torch.nn.functional.softplus(module.decay_raw_b) * dt[:, t + 1 : t + 2])
+        assert torch.allclose(b[:, t], module.backward_rnn(inp, decay_b * b[:, t + 1]), atol=1e-6)
 
 
-def test_time_gap_changes_the_result():
+def test_gap_change_changes_the_transition():
     torch.manual_seed(2)
     module = VRNNModule().eval()
     x, dt, noise = _inputs()
-    even = torch.arange(x.shape[1], dtype=torch.float32).clamp(max=1).expand_as(x).clone()
+    z = torch.randn(x.shape[0], x.shape[1], module.n_latent)
+    longer = dt.clone()
+    longer[:, 4] *= 3.0  # only the gap before time point 4
     with torch.no_grad():
-        a = module.inference(x, dt, noise, use_mean=True)
-        b = module.inference(x, even, noise, use_mean=True)
-        pa = module.generative(a["z"], a["h_prev"], dt)["px_m"]
-        pb = module.generative(b["z"], b["h_prev"], even)["px_m"]
-    assert not torch.allclose(a["qz_m"], b["qz_m"])
-    assert not torch.allclose(a["pz_m"], b["pz_m"])
-    assert not torch.allclose(pa, pb)
+        a = module.inference(x, dt, noise, z=z)
+        b = module.inference(x, longer, noise, z=z)
+    # the prior (transition) before the gap is unchanged, at the gap it changes, and the state fades more
+    assert torch.equal(a["pz_m"][:, :4], b["pz_m"][:, :4])
+    assert not torch.allclose(a["pz_m"][:, 4], b["pz_m"][:, 4])
+    assert torch.all(b["h_prev"][:, 4].abs() <= a["h_prev"][:, 4].abs() + 1e-7)
+    assert b["h_prev"][:, 4].abs().sum() < a["h_prev"][:, 4].abs().sum()
+    # a very long gap forgets the past: the transition no longer depends on the earlier latents
+    far = dt.clone()
+    far[:, 4] = 1e4
+    z2 = z.clone()
+    z2[:, :4] += 3.0
+    with torch.no_grad():
+        c = module.inference(x, far, noise, z=z)
+        d = module.inference(x, far, noise, z=z2)
+    assert torch.allclose(c["pz_m"][:, 4], d["pz_m"][:, 4], atol=1e-6)
+    # use_dt=False: gaps are ignored
     blind = VRNNModule(use_dt=False).eval()
     with torch.no_grad():
-        c = blind.inference(x, dt, noise, use_mean=True)
-        d = blind.inference(x, even, noise, use_mean=True)
-    assert torch.equal(c["qz_m"], d["qz_m"])
+        e = blind.inference(x, dt, noise, use_mean=True)
+        f = blind.inference(x, longer, noise, use_mean=True)
+    assert torch.equal(e["qz_m"], f["qz_m"]) and torch.equal(e["pz_m"], f["pz_m"])
+
+
+def test_missing_points_are_masked_not_imputed():
+    torch.manual_seed(5)
+    module = VRNNModule().eval()
+    x, dt, noise = _inputs()
+    mask = torch.ones_like(x)
+    mask[:, [2, 5]] = 0.0
+    x2 = x.clone()
+    x2[:, [2, 5]] = 100.0  # whatever sits at a missing point is never read
+    with torch.no_grad():
+        a = module.inference(x, dt, noise, mask, use_mean=True)
+        b = module.inference(x2, dt, noise, mask, use_mean=True)
+        gen = module.generative(a["z"], a["h_prev"])
+        la = module.loss({"X": x, DT_KEY: dt, NOISE_KEY: noise, MASK_KEY: mask}, a, gen)
+        lb = module.loss({"X": x2, DT_KEY: dt, NOISE_KEY: noise, MASK_KEY: mask}, b, gen)
+        full = module.loss({"X": x, DT_KEY: dt, NOISE_KEY: noise, MASK_KEY: torch.ones_like(x)}, a, gen)
+    assert torch.equal(a["qz_m"], b["qz_m"])
+    assert torch.allclose(la.loss, lb.loss)
+    # the reconstruction term is the sum over measured points only
+    var = gen["px_v"] + noise
+    nll = 0.5 * (np.log(2 * np.pi) + torch.log(var) + (x - gen["px_m"]) ** 2 / var)
+    rec = la.reconstruction_loss["reconstruction_loss"]
+    assert torch.allclose(rec, (nll * mask).sum(-1), atol=1e-5)
+    assert torch.allclose(full.reconstruction_loss["reconstruction_loss"], nll.sum(-1), atol=1e-5)
 
 
 def test_time_gap_changes_trained_features(summary):
@@ -114,9 +155,9 @@ def test_loss_uses_kl_weight_and_noise():
     torch.manual_seed(3)
     module = VRNNModule()
     x, dt, noise = _inputs()
-    tensors = {"X": x, DT_KEY: dt, NOISE_KEY: noise}
+    tensors = {"X": x, DT_KEY: dt, NOISE_KEY: noise, MASK_KEY: torch.ones_like(x)}
     inf = module.inference(x, dt, noise)
-    gen = module.generative(inf["z"], inf["h_prev"], dt)
+    gen = module.generative(inf["z"], inf["h_prev"])
     l0 = module.loss(tensors, inf, gen, kl_weight=0.0)
     l1 = module.loss(tensors, inf, gen, kl_weight=1.0)
     kl = l1.kl_local["kl_local"]
@@ -189,8 +230,20 @@ def test_bad_model_inputs(summary):
     del broken.layers["noise"]
     with pytest.raises(KeyError, match="noise"):
         ct.models.VRNN.setup_anndata(broken)
-    with pytest.raises(ValueError, match="recurrence"):
-        VRNNModule(recurrence="x")
+    broken = summary.copy()
+    del broken.layers["observed"]
+    with pytest.raises(KeyError, match="observed"):
+        ct.models.VRNN.setup_anndata(broken)
     ct.models.VRNN.setup_anndata(summary)
     with pytest.raises(ValueError, match="kl_warmup"):
         ct.models.VRNN(summary).train(max_epochs=1, kl_warmup=2.0)
+
+
+def test_posterior_samples_spread_around_the_means(summary):
+    model = _trained(summary, max_epochs=25)
+    samples = model.get_latent_samples(n_samples=20, random_state=1)
+    means = model.get_latent_representation()
+    assert samples.shape == (20, *means.shape)
+    assert np.array_equal(samples, model.get_latent_samples(n_samples=20, random_state=1))
+    assert samples.std(0).mean() > 1e-3
+    assert np.corrcoef(samples.mean(0).ravel(), means.ravel())[0, 1] > 0.5

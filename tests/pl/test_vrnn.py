@@ -91,3 +91,31 @@ def test_plots_need_a_clustering():
             plot(adata, show=False)
     with pytest.raises(KeyError, match="run ct.tl.vrnn_cluster"):
         ct.pl.vrnn_genes(adata, ["gene_0"], show=False)
+
+
+def test_module_timing_plot(clustered):
+    fig = ct.pl.vrnn_module_timing(clustered, show=False)
+    assert isinstance(fig, Figure)
+    ax = fig.axes[0]
+    table = clustered.uns["vrnn"]["module_timing"]
+    assert [t.get_text() for t in ax.get_yticklabels()][-1].startswith(f"module {table['module'].iloc[0]}")
+    onsets = table["onset"].dropna().to_numpy()
+    drawn = np.concatenate([line.get_xdata() for line in ax.lines if line.get_marker() == "o"])
+    assert np.allclose(np.sort(drawn), np.sort(onsets))
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    assert ct.pl.vrnn_module_timing(clustered, ax=ax, show=False) is fig
+    plt.close(fig)
+
+
+def test_genes_plot_marks_missing_points():
+    a = ct.datasets.simulate_timecourse_variant("irregular", 60, random_state=1)
+    ct.tl.vrnn_cluster(a, "time", 3, method="kmeans", layer="counts", n_top_genes=None)
+    gene = a.var_names[a.var["vrnn_selected"].to_numpy()][0]
+    fig = ct.pl.vrnn_genes(a, [gene], show=False)
+    ax = fig.axes[0]
+    hollow = [line for line in ax.lines if line.get_label() == "not measured"]
+    n_missing = int((a.varm["vrnn_observed"][a.var_names.get_loc(gene)] == 0).sum())
+    assert len(hollow) == 1 and len(hollow[0].get_xdata()) == n_missing == 6
+    assert any(line.get_label() == "kmeans profile" for line in ax.lines)
+    plt.close(fig)

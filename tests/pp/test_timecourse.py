@@ -137,8 +137,8 @@ def test_bad_inputs(sim):
     with pytest.raises(KeyError, match="Time column 'hours'"):
         ct.pp.timecourse_summary(sim, "hours")
     bad = sim.copy()
-    bad.X[0, 0] = np.nan
-    with pytest.raises(ValueError, match="NaN or infinite"):
+    bad.X[0, 0] = np.inf
+    with pytest.raises(ValueError, match="infinite values"):
         ct.pp.timecourse_summary(bad, "time")
     const = sim.copy()
     const.X = np.ones_like(const.X)
@@ -155,3 +155,44 @@ def test_bad_inputs(sim):
         ct.pp.timecourse_summary(partly, "time", layer="counts", genes=["gene_0", "gene_1"])
     with pytest.raises(KeyError, match="not in var_names"):
         ct.pp.timecourse_summary(sim, "time", genes=["nope"])
+
+
+def test_missing_values_and_missing_time_points():
+    a = ct.datasets.simulate_timecourse(40, cells_per_time=(30, 5, 20, 10, 30, 8, 25), missing=0.3, random_state=4)
+    truth = a.varm["observed"]
+    assert (~truth).sum(1).tolist() == [2] * 40 and truth[:, 0].all()
+    s = ct.pp.timecourse_summary(a, "time", layer="counts", n_top_genes=None, shrink=False)
+    order = a.var_names.get_indexer(s.obs_names)
+    observed = s.layers["observed"].astype(bool)
+    assert np.array_equal(observed, truth[order])
+    # means over the measured cells only, NaN where the gene was not measured
+    counts = pd.DataFrame(a.layers["counts"].toarray(), columns=a.var_names)
+    counts["t"] = a.obs["time"].to_numpy()
+    expected = counts.groupby("t").mean().T.loc[s.obs_names].to_numpy()  # pandas skips NaN
+    assert np.allclose(s.layers["mean"][observed], expected[observed], rtol=1e-5)
+    assert np.isnan(s.layers["mean"][~observed]).all()
+    assert s.var["n_cells"].tolist() == [30, 5, 20, 10, 30, 8, 25]
+    assert np.array_equal(s.layers["n_cells"], observed * s.var["n_cells"].to_numpy()[None, :])
+    assert (s.layers["noise"][~observed] == 0).all() and (s.layers["noise"][observed] > 0).all()
+    # X at a missing point: linear interpolation in real time between the neighbouring measured points
+    times = s.var["time"].to_numpy()
+    g = int(np.flatnonzero((~observed[:, 1:-1]).any(1))[0])
+    t = 1 + int(np.flatnonzero(~observed[g, 1:-1])[0])
+    left = max(i for i in range(t) if observed[g, i])
+    right = min(i for i in range(t + 1, len(times)) if observed[g, i])
+    w = (times[t] - times[left]) / (times[right] - times[left])
+    assert s.X[g, t] == pytest.approx((1 - w) * s.X[g, left] + w * s.X[g, right], rel=1e-4)
+    # standardised on the interpolated curve
+    assert np.allclose(s.layers["zscore"].mean(1), 0, atol=1e-5)
+    assert s.uns["timecourse"]["n_missing"] == int((~observed).sum())
+    # dense NaN and sparse NaN give the same summary
+    dense = a.copy()
+    dense.layers["counts"] = a.layers["counts"].toarray()
+    d = ct.pp.timecourse_summary(dense, "time", layer="counts", n_top_genes=None, shrink=False)
+    assert np.allclose(d.X, s.X, atol=1e-6) and np.array_equal(d.layers["observed"], s.layers["observed"])
+    assert np.allclose(d.obs["dynamic_pval"], s.obs["dynamic_pval"])
+    # a gene measured at fewer than two time points cannot be standardised
+    few = dense.copy()
+    few.layers["counts"][few.obs["time"].to_numpy() > 0, 0] = np.nan
+    out = ct.pp.timecourse_summary(few, "time", layer="counts", n_top_genes=None)
+    assert "gene_0" not in out.obs_names

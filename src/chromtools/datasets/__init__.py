@@ -14,10 +14,11 @@ from ._real import (
     snareseq2019,
 )
 from ._scatac import simulate_scatac
-from ._timecourse import module_curve, simulate_timecourse
+from ._timecourse import TIMECOURSE_VARIANTS, module_curve, simulate_timecourse, simulate_timecourse_variant
 from ._tracks import SimulatedTracks, simulate_tracks
 
 __all__ = [
+    "TIMECOURSE_VARIANTS",
     "HscBulk",
     "SimulatedTracks",
     "bmmc_multiome",
@@ -32,6 +33,7 @@ __all__ = [
     "pbmc_multiome",
     "simulate_scatac",
     "simulate_timecourse",
+    "simulate_timecourse_variant",
     "simulate_tracks",
     "snareseq2019",
 ]

@@ -18,7 +18,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from chromtools._docs import doc_params
 from chromtools._utils import quiet_lightning
-from chromtools.models._vrnn_module import DT_KEY, NOISE_KEY, VRNNModule, VRNNTrainingPlan
+from chromtools.models._vrnn_module import DT_KEY, MASK_KEY, NOISE_KEY, VRNNModule, VRNNTrainingPlan
 
 logger = logging.getLogger(__name__)
 
@@ -59,15 +59,22 @@ def seeded(seed: int | None) -> Iterator[None]:
 class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
     """Variational recurrent network over gene time courses (one observation = one gene).
 
-    Each gene's standardised mean activity over ``T`` time points is read by a GRU. At time
-    point ``t`` the prior ``p(z_t | h_{t-1}, Δt_t)``, the posterior ``q(z_t | x_t, h_{t-1}, Δt_t)``
-    and the decoder ``p(x_t | z_t, h_{t-1}, Δt_t)`` are small networks; the decoder never sees
-    ``x_t`` (only through ``z_t``), the time gap ``Δt_t`` is an input so uneven sampling is
-    modelled, the KL weight is annealed from 0 to 1, and each time point's reconstruction is
-    weighted by its uncertainty: the decoder variance is a learned model variance plus the
-    squared standard error of that mean (within-time variance / number of cells).
-    The posterior means of ``z_1 … z_T`` are the gene's features
-    (:meth:`get_latent_representation`).
+    A latent dynamical system per gene, read on the common grid of ``T`` time points:
+
+    * transition  h̃_{t-1} = γ(Δt_t) ⊙ h_{t-1},  γ(Δ) = exp(-λ Δ) with learned rates λ > 0, so a
+      long gap lets the state fade (GRU-D style decay; the gap is in units of the median gap);
+    * prior       p(z_t | z_{<t}) = N(μ_p(h̃_{t-1}), σ²_p(h̃_{t-1}));
+    * decoder     p(x_t | z_t, z_{<t}) = N(μ_x(z_t, h̃_{t-1}), σ²_model + s²_t), where ``s²_t``
+      is the squared standard error of the measured mean (few or noisy cells weigh less);
+    * recurrence  h_t = GRU(φ_z(z_t), h̃_{t-1}) (the latent only: ``x`` never enters it).
+
+    The posterior ``q(z_t | z_{<t}, x_{1:T})`` is a smoothing one: it reads h̃_{t-1} and the state
+    of a backward GRU over ``x_t … x_T`` (decayed with the gaps the same way), so every latent sees
+    the whole course. Time points where a gene was not measured (``layers['observed'] == 0``) are
+    left out of the likelihood (masked, not imputed); their latents follow from the dynamics and
+    the neighbours. The KL weight is annealed from 0 to 1. The posterior means of
+    ``z_1 … z_T`` are the gene's features (:meth:`get_latent_representation`). The exact maths
+    is in :mod:`chromtools.models._vrnn_module`.
 
     Most users call :func:`chromtools.tl.vrnn_cluster`, which builds the input from cells × genes
     data with :func:`chromtools.pp.timecourse_summary`, trains this model and clusters genes.
@@ -86,9 +93,10 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
     n_features
         Size of the feature maps of ``x_t`` and ``z_t``.
     use_dt
-        Give the networks the time gap before each time point.
+        Decay the recurrent states with the time gap (``False``: every gap counts as one step;
+        an ablation).
     use_noise
-        Weight each time point's reconstruction by its standard error.
+        Weight each time point's reconstruction by its standard error (``False``: an ablation).
     random_state
         Seed of the initial weights.
 
@@ -114,7 +122,6 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
         n_features: int = 16,
         use_dt: bool = True,
         use_noise: bool = True,
-        recurrence: str = "z",
         random_state: int | None = 0,
     ):
         super().__init__(adata, registry)
@@ -129,7 +136,6 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
                 n_features=n_features,
                 use_dt=use_dt,
                 use_noise=use_noise,
-                recurrence=recurrence,
             )
         self.n_time_ = n_time
         self._model_summary_string = (
@@ -146,6 +152,7 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
         *,
         noise_layer: str = "noise",
         dt_layer: str = "dt",
+        observed_layer: str = "observed",
         **kwargs,
     ) -> None:
         """Register a genes × time points AnnData.
@@ -162,9 +169,12 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
         dt_layer
             Layer with the time gap before each time point, in units of the median gap (0 for
             the first time point).
+        observed_layer
+            Layer with 1 where the gene was measured at the time point and 0 where not (missing
+            time points are left out of the likelihood).
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        for name in (noise_layer, dt_layer):
+        for name in (noise_layer, dt_layer, observed_layer):
             if name not in adata.layers:
                 msg = (
                     f"Layer '{name}' is missing from the genes x time points AnnData (it has {list(adata.layers)}); "
@@ -175,6 +185,7 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             LayerField(NOISE_KEY, noise_layer, is_count_data=False),
             LayerField(DT_KEY, dt_layer, is_count_data=False),
+            LayerField(MASK_KEY, observed_layer, is_count_data=False),
         ]
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
@@ -272,9 +283,9 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
         with torch.inference_mode():
             for tensors in loader:
                 inf = self.module.inference(
-                    tensors[REGISTRY_KEYS.X_KEY], tensors[DT_KEY], tensors[NOISE_KEY], use_mean=True
+                    tensors[REGISTRY_KEYS.X_KEY], tensors[DT_KEY], tensors[NOISE_KEY], tensors[MASK_KEY], use_mean=True
                 )
-                gen = self.module.generative(inf["z"], inf["h_prev"], inf["dt"])
+                gen = self.module.generative(inf["z"], inf["h_prev"])
                 for k in keys:
                     out[k].append(inf[k].cpu().numpy())
                 for k in ("px_m", "px_v"):
@@ -312,7 +323,10 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
         *,
         batch_size: int | None = None,
     ) -> np.ndarray:
-        """Decoder means ``E[x_t | z_t, h_{t-1}]`` at the posterior means, in standardised units ``(genes, T)``."""
+        """Decoder means ``E[x_t | z_t, h̃_{t-1}]`` at the posterior means, standardised units ``(genes, T)``.
+
+        Defined at every time point, also where a gene was not measured (the model's estimate there).
+        """
         return self._forward_all(adata, indices, batch_size)["px_m"]
 
     def get_elbo_terms(
@@ -330,10 +344,34 @@ class VRNN(UnsupervisedTrainingMixin, BaseModelClass):
         with torch.inference_mode():
             for tensors in loader:
                 inf = self.module.inference(
-                    tensors[REGISTRY_KEYS.X_KEY], tensors[DT_KEY], tensors[NOISE_KEY], use_mean=True
+                    tensors[REGISTRY_KEYS.X_KEY], tensors[DT_KEY], tensors[NOISE_KEY], tensors[MASK_KEY], use_mean=True
                 )
-                gen = self.module.generative(inf["z"], inf["h_prev"], inf["dt"])
+                gen = self.module.generative(inf["z"], inf["h_prev"])
                 out = self.module.loss(tensors, inf, gen, kl_weight=1.0)
                 rec.append(out.reconstruction_loss["reconstruction_loss"].cpu().numpy())
                 kl.append(out.kl_local["kl_local"].cpu().numpy())
         return {"reconstruction": np.concatenate(rec), "kl": np.concatenate(kl)}
+
+    def get_latent_samples(
+        self,
+        adata: AnnData | None = None,
+        n_samples: int = 50,
+        *,
+        random_state: int | None = 0,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Samples of ``z_1 … z_T`` from the posterior (sampled latents fed to the recurrence).
+
+        Returns ``(n_samples, genes, T * n_latent)``, time-major like
+        :meth:`get_latent_representation`.
+        """
+        adata = self._validate_anndata(adata)
+        loader = self._make_data_loader(adata=adata, batch_size=batch_size or 1024, shuffle=False)
+        self.module.eval()
+        out = []
+        with seeded(random_state), torch.inference_mode():
+            for tensors in loader:
+                args = (tensors[REGISTRY_KEYS.X_KEY], tensors[DT_KEY], tensors[NOISE_KEY], tensors[MASK_KEY])
+                draws = [self.module.inference(*args)["z"] for _ in range(n_samples)]
+                out.append(torch.stack(draws).flatten(2).cpu().numpy())
+        return np.concatenate(out, axis=1)

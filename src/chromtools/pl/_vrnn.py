@@ -263,6 +263,10 @@ def vrnn_genes(
 ) -> Figure:
     """Chosen genes over real time: the modelled means (± standard error) and the VRNN reconstruction.
 
+    Time points where a gene was not measured are hollow markers at the linearly interpolated
+    value (what the profile methods cluster); there the VRNN curve is the model's own estimate.
+    For a baseline clustering (``method`` other than ``'vrnn'``) the curve is the profile itself.
+
     Parameters
     ----------
     data
@@ -306,13 +310,21 @@ def vrnn_genes(
     mean = np.asarray(adata.varm[f"{key}_input"])
     se = np.asarray(adata.varm[f"{key}_se"])
     recon = np.asarray(adata.varm[f"{key}_recon"])
+    observed_key = f"{key}_observed"
+    observed = np.asarray(adata.varm[observed_key]) > 0 if observed_key in adata.varm else np.ones_like(mean, bool)
+    method = str(uns.get("method", "vrnn"))
     cluster = adata.var[f"{key}_cluster"].astype(object).to_numpy()
     response = adata.var[f"{key}_response"].astype(object).to_numpy()
     fig, axes = _axes_grid(len(genes), ncols, ax, (3.0, 2.3))
     for a, g, p in zip(axes, genes, pos, strict=True):
         color = _PALETTE[names.index(str(cluster[p])) % len(_PALETTE)]
-        a.errorbar(times, mean[p], yerr=se[p], fmt="o", color="0.25", markersize=3.5, capsize=2, label="data")
-        a.plot(times, recon[p], color=color, linewidth=2, label="VRNN")
+        seen = observed[p]
+        a.errorbar(
+            times[seen], mean[p][seen], yerr=se[p][seen], fmt="o", color="0.25", markersize=3.5, capsize=2, label="data"
+        )
+        if not seen.all():
+            a.plot(times[~seen], mean[p][~seen], "o", mfc="none", color="0.55", markersize=3.5, label="not measured")
+        a.plot(times, recon[p], color=color, linewidth=2, label="VRNN" if method == "vrnn" else f"{method} profile")
         a.set_title(f"{g} · module {cluster[p]} · {response[p]}", fontsize=9)
         a.spines[["top", "right"]].set_visible(False)
         a.axhline(0, color="0.8", linewidth=0.6, zorder=0)
@@ -322,5 +334,73 @@ def vrnn_genes(
             a.set_xlabel(_time_label(uns, time_label))
         if a.get_subplotspec() is None or a.get_subplotspec().is_first_col():
             a.set_ylabel("standardised activity")
+    _show(fig, show)
+    return fig
+
+
+def vrnn_module_timing(
+    data: AnnData | MuData,
+    *,
+    key: str = "vrnn",
+    mod: str | None = None,
+    time_label: str | None = None,
+    ax: plt.Axes | None = None,
+    show: bool | None = None,
+) -> Figure:
+    """Consensus onset and peak time of every module with their bootstrap intervals.
+
+    One row per module (numbered by peak time): a bar from the onset interval's low end to
+    the peak interval's high end in light colour, the onset (circle) and the peak (diamond) of
+    the module's mean profile with their 95 % intervals over resampled genes, from
+    ``adata.uns[key]['module_timing']`` written by :func:`chromtools.tl.vrnn_cluster`.
+
+    Parameters
+    ----------
+    data
+        AnnData or MuData clustered by :func:`chromtools.tl.vrnn_cluster`.
+    key
+        Key of the clustering.
+    mod
+        Modality of a MuData.
+    time_label
+        x-axis label; default ``'time (<time_key>)'``.
+    ax
+        Axes to draw into; default a new figure.
+    show
+        Show the figure; default when matplotlib is interactive.
+
+    Returns
+    -------
+    The matplotlib Figure.
+    """
+    adata = get_modality(data, mod)
+    uns = _fitted(adata, key)
+    if "module_timing" not in uns:
+        msg = f"The clustering under '{key}' has no module timing; re-run ct.tl.vrnn_cluster with this version."
+        raise KeyError(msg)
+    table = uns["module_timing"]
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(5.0, 0.45 * len(table) + 1.0), layout="constrained")
+    else:
+        fig = ax.figure
+    for i, row in enumerate(table.itertuples(index=False)):
+        color = _PALETTE[i % len(_PALETTE)]
+        y = len(table) - 1 - i
+        if not np.isfinite(getattr(row, "onset", np.nan)):
+            ax.text(float(np.asarray(uns["time_points"])[0]), y, "  no change", va="center", fontsize=8, color="0.4")
+            continue
+        ax.plot([row.onset_low, row.peak_high], [y, y], color=color, alpha=0.25, linewidth=6, solid_capstyle="butt")
+        for value, low, high, marker in (
+            (row.onset, row.onset_low, row.onset_high, "o"),
+            (row.peak, row.peak_low, row.peak_high, "D"),
+        ):
+            ax.errorbar(
+                [value], [y], xerr=[[value - low], [high - value]], fmt=marker, color=color, capsize=3, markersize=5
+            )
+    ax.set_yticks(range(len(table)))
+    ax.set_yticklabels([f"module {m} ({n})" for m, n in zip(table["module"][::-1], table["n_genes"][::-1], strict=True)])
+    ax.set_xlabel(_time_label(uns, time_label))
+    ax.set_title("onset (●) and peak (◆) with 95 % intervals", fontsize=9)
+    ax.spines[["top", "right"]].set_visible(False)
     _show(fig, show)
     return fig

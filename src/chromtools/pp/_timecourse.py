@@ -52,14 +52,36 @@ class TimePoints:
 class GeneTimeStats:
     """Per-gene statistics over time points for every gene of the input."""
 
-    mean: np.ndarray  # (genes, T) per-time means
-    variance: np.ndarray  # (genes, T) per-time variance (shrunk towards the pooled one; see noise)
-    n_cells: np.ndarray  # (T,)
-    baseline: np.ndarray  # (genes,) mean of the per-time means
-    scale: np.ndarray  # (genes,) standard deviation of the per-time means (0: constant gene)
+    mean: np.ndarray  # (genes, T) per-time means, NaN where the gene was not measured
+    variance: np.ndarray  # (genes, T) per-time variance (shrunk towards the pooled one; 0 where not measured)
+    n_cells: np.ndarray  # (T,) cells per time point
+    counts: np.ndarray  # (genes, T) cells in which the gene was measured (0: missing time point)
+    filled: np.ndarray  # (genes, T) means, linearly interpolated in time where not measured
+    baseline: np.ndarray  # (genes,) mean of the filled per-time means
+    scale: np.ndarray  # (genes,) standard deviation of the filled per-time means (0: constant gene)
     score: np.ndarray  # (genes,) dynamic score (ANOVA F, or von Neumann z for bulk data)
     pval: np.ndarray  # (genes,)
     test: str  # 'anova' or 'von_neumann'
+
+    @property
+    def observed(self) -> np.ndarray:
+        """(genes, T) whether the gene was measured at each time point."""
+        return self.counts > 0
+
+
+def interpolate_missing(values: np.ndarray, times: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Fill the unobserved entries of each row by linear interpolation in real time (constant beyond the ends).
+
+    Rows with no observed entry stay NaN.
+    """
+    out = np.array(values, dtype=float, copy=True)
+    for g in np.flatnonzero(~observed.all(1)):
+        ok = observed[g]
+        if ok.any():
+            out[g] = np.interp(times, times[ok], out[g, ok])
+        else:
+            out[g] = np.nan
+    return out
 
 
 def _get_time_column(data: AnnData | MuData, adata: AnnData, time_key: str) -> pd.Series:
@@ -158,61 +180,95 @@ def _get_matrix(adata: AnnData, layer: str | None):
         msg = "The AnnData has no X; pass layer=<name of a layer>."
         raise ValueError(msg)
     values = X.data if sp.issparse(X) else np.asarray(X)
-    if not np.isfinite(values).all():
+    if np.isinf(values).any():
         where = "X" if layer is None else f"layer '{layer}'"
-        msg = f"{where} contains NaN or infinite values; fill or remove them before summarising over time."
+        msg = (
+            f"{where} contains infinite values; replace them (NaN marks a value that was not measured) "
+            "before summarising over time."
+        )
         raise ValueError(msg)
     return X
 
 
+def _von_neumann(curve: np.ndarray) -> float:
+    """Von Neumann z-score of one ordered series (large for smooth change, about 0 for noise)."""
+    T = curve.size
+    dev = ((curve - curve.mean()) ** 2).sum()
+    if T < 3 or dev <= 0:
+        return 0.0
+    ratio = (np.diff(curve) ** 2).sum() / dev
+    return float((2.0 - ratio) / np.sqrt(4.0 * (T - 2) / (T**2 - 1.0)))
+
+
 def gene_time_stats(X, tp: TimePoints) -> GeneTimeStats:
-    """Per-gene mean, variance and dynamic score over the time points of ``tp`` (``X`` is cells × genes)."""
+    """Per-gene mean, variance and dynamic score over the time points of ``tp`` (``X`` is cells × genes).
+
+    NaN entries of ``X`` are values that were not measured: they are left out of every statistic,
+    and a gene with no measured cell at a time point has a missing time point there.
+    """
     n_t = tp.n_cells.astype(float)
     T = n_t.size
     n = int(n_t.sum())
     G = sp.csr_matrix((np.ones(n), (tp.index, np.arange(n))), shape=(T, n))
     if sp.issparse(X):
-        X = sp.csr_matrix(X, dtype=np.float64)
+        X = sp.csr_matrix(X, dtype=np.float64, copy=True)
+        nan = np.isnan(X.data)
+        if nan.any():
+            missing = X.copy()
+            missing.data = nan.astype(np.float64)
+            counts = n_t[:, None] - np.asarray((G @ missing).todense())
+            X.data[nan] = 0.0
+        else:
+            counts = np.broadcast_to(n_t[:, None], (T, X.shape[1])).copy()
         sums = np.asarray((G @ X).todense())
         sq = np.asarray((G @ X.multiply(X)).todense())
     else:
         X = np.asarray(X, dtype=np.float64)
+        valid = ~np.isnan(X)
+        X = np.where(valid, X, 0.0)
+        counts = G @ valid.astype(np.float64)
         sums = G @ X
         sq = G @ (X * X)
-    mean = (sums / n_t[:, None]).T  # genes × T
-    ss_within_t = np.maximum(sq.T - sums.T**2 / n_t[None, :], 0.0)  # Σ (x - m_t)² per time point
-    ss_within = ss_within_t.sum(1)
-    df_within = n - T
-    baseline = mean.mean(1)
-    scale = mean.std(1)
-    scale[scale < 1e-12 * np.maximum(np.abs(baseline), 1.0)] = 0.0
-    if df_within > 0:
-        pooled = ss_within / df_within
-        df_t = n_t - 1.0
-        variance = (ss_within_t + VARIANCE_PRIOR_WEIGHT * pooled[:, None]) / (df_t[None, :] + VARIANCE_PRIOR_WEIGHT)
-        grand = (sums.sum(0) / n)[:, None]
-        ss_between = (n_t[None, :] * (mean - grand) ** 2).sum(1)
+    counts = counts.T  # genes × T
+    observed = counts > 0
+    safe = np.maximum(counts, 1.0)
+    mean = np.where(observed, sums.T / safe, np.nan)
+    ss_within_t = np.where(observed, np.maximum(sq.T - sums.T**2 / safe, 0.0), 0.0)  # Σ (x - m_t)² per time
+    filled = interpolate_missing(mean, tp.times, observed)
+    n_obs_points = observed.sum(1)
+    usable = n_obs_points >= 2
+    filled_safe = np.where(usable[:, None], filled, 0.0)
+    baseline = filled_safe.mean(1)
+    scale = filled_safe.std(1)
+    scale[~usable | (scale < 1e-12 * np.maximum(np.abs(baseline), 1.0))] = 0.0
+    n_g = counts.sum(1)
+    df_within = n_g - n_obs_points
+    if np.any(counts > 1):
+        ss_within = ss_within_t.sum(1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            score = (ss_between / (T - 1)) / pooled
+            pooled = np.where(df_within > 0, ss_within / np.maximum(df_within, 1), 0.0)
+            df_t = np.maximum(counts - 1.0, 0.0)
+            variance = np.where(
+                observed, (ss_within_t + VARIANCE_PRIOR_WEIGHT * pooled[:, None]) / (df_t + VARIANCE_PRIOR_WEIGHT), 0.0
+            )
+            grand = sums.sum(0) / np.maximum(n_g, 1)
+            ss_between = np.where(observed, counts * (np.nan_to_num(mean) - grand[:, None]) ** 2, 0.0).sum(1)
+            score = (ss_between / np.maximum(n_obs_points - 1, 1)) / pooled
         score = np.where(pooled > 0, score, np.where(ss_between > 0, np.inf, 0.0))
-        pval = stats.f.sf(score, T - 1, df_within)
+        ok = (df_within > 0) & (n_obs_points >= 2)
+        pval = np.where(ok, stats.f.sf(score, np.maximum(n_obs_points - 1, 1), np.maximum(df_within, 1)), 1.0)
         test = "anova"
     else:
         # Bulk data (one sample per time point): no within-time variance. Rank genes by the von Neumann
-        # ratio of successive differences to the variance, which is small for smooth temporal change and
-        # about 2 for noise without temporal structure.
+        # ratio of successive differences to the variance of their measured points, which is small for
+        # smooth temporal change and about 2 for noise without temporal structure.
         variance = np.zeros_like(mean)
-        dev = ((mean - baseline[:, None]) ** 2).sum(1)
-        diff = (np.diff(mean, axis=1) ** 2).sum(1)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(dev > 0, diff / dev, 2.0)
-        sd = np.sqrt(4.0 * (T - 2) / (T**2 - 1.0)) if T > 2 else 1.0
-        score = (2.0 - ratio) / sd
+        score = np.array([_von_neumann(np.nan_to_num(mean[g][observed[g]])) for g in range(mean.shape[0])])
         pval = stats.norm.sf(score)
         test = "von_neumann"
     score = np.where(scale > 0, score, -np.inf)
     pval = np.where(scale > 0, pval, 1.0)
-    return GeneTimeStats(mean, variance, n_t, baseline, scale, score, pval, test)
+    return GeneTimeStats(mean, variance, n_t, counts, filled, baseline, scale, score, pval, test)
 
 
 def select_genes(
@@ -277,10 +333,13 @@ def summary_anndata(
 ) -> AnnData:
     """Genes × time points AnnData of the genes at ``pos`` (standardised means in ``X``)."""
     mean = st.mean[pos]
+    filled = st.filled[pos]
+    observed = st.observed[pos]
     scale = st.scale[pos]
     baseline = st.baseline[pos]
-    zscore = (mean - baseline[:, None]) / scale[:, None]
-    se2 = st.variance[pos] / st.n_cells[None, :] / scale[:, None] ** 2
+    zscore = (filled - baseline[:, None]) / scale[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se2 = np.where(observed, st.variance[pos] / np.maximum(st.counts[pos], 1.0) / scale[:, None] ** 2, 0.0)
     if shrink:
         # Posterior mean of each standardised value under a unit-variance prior: means measured no better
         # than their own spread (genes whose "change" is mostly noise) are pulled towards 0, i.e. flat.
@@ -288,6 +347,8 @@ def summary_anndata(
         noise = se2 / (1.0 + se2) ** 2
     else:
         X, noise = zscore, se2
+    if not observed.all():  # profiles for methods that need every point: interpolate the measured ones
+        X = interpolate_missing(X, tp.times, observed)
     gaps = np.diff(tp.times)
     positive = gaps[gaps > 0]
     unit = float(np.median(positive)) if positive.size else 1.0
@@ -311,10 +372,18 @@ def summary_anndata(
     out = AnnData(X=X.astype(np.float32), obs=obs, var=var)
     out.layers["zscore"] = zscore.astype(np.float32)
     out.layers["mean"] = mean.astype(np.float32)
+    out.layers["observed"] = observed.astype(np.float32)
+    out.layers["n_cells"] = st.counts[pos].astype(np.float32)
     out.layers["variance"] = st.variance[pos].astype(np.float32)
     out.layers["noise"] = noise.astype(np.float32)
     out.layers["dt"] = np.broadcast_to(dt.astype(np.float32), (n_genes, dt.size)).copy()
-    out.uns["timecourse"] = {"dt_unit": unit, "test": st.test, "binned": tp.binned, "shrink": shrink}
+    out.uns["timecourse"] = {
+        "dt_unit": unit,
+        "test": st.test,
+        "binned": tp.binned,
+        "shrink": shrink,
+        "n_missing": int((~observed).sum()),
+    }
     if tp.edges is not None:
         out.uns["timecourse"]["bin_edges"] = np.asarray(tp.edges, float)
     return out
@@ -338,6 +407,13 @@ def timecourse_summary(
     per-time means are standardised (mean 0, standard deviation 1 over time points) so that
     genes group by the shape of their response, not by magnitude; the magnitude is kept in
     ``obs['baseline']`` and ``obs['scale']``.
+
+    ``NaN`` in the data marks a value that was not measured (e.g. a gene not assayed in some
+    samples): it is left out of every statistic, and a gene with no measured cell at a time
+    point has a *missing time point* there (``layers['observed'] == 0``). The baseline and scale
+    of such a gene come from its means linearly interpolated in real time between measured
+    points (constant beyond the ends); the VRNN masks missing points out of its likelihood,
+    while profile methods (k-means, k-Shape, fuzzy c-means) use the interpolated ``X``.
 
     Parameters
     ----------
@@ -368,15 +444,20 @@ def timecourse_summary(
     AnnData with genes as observations and time points (in time order) as variables:
 
     ``X``
-        standardised (and shrunk) means;
+        standardised (and shrunk) means; at missing time points, linearly interpolated in time
+        from the gene's measured ones;
+    ``layers['observed']``
+        1 where the gene was measured at the time point, 0 where not;
+    ``layers['n_cells']``
+        cells in which the gene was measured at each time point;
     ``layers['zscore']``
         standardised means without shrinkage;
     ``layers['mean']``, ``layers['variance']``
-        per-time mean and variance in the input units (the variance is shrunk towards the
+        per-time mean (NaN where not measured) and variance in the input units (the variance is shrunk towards the
         gene's pooled within-time variance by two pseudo-observations; 0 for bulk data);
     ``layers['noise']``
         squared standard error of each value of ``X`` (variance / cells / scale², divided by
-        ``(1 + se²)²`` when shrunk);
+        ``(1 + se²)²`` when shrunk; 0 at missing time points);
     ``layers['dt']``
         time gap before each time point in units of the median gap (0 for the first);
     ``obs``
