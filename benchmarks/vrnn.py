@@ -58,6 +58,9 @@ from _common import ROOT, machine, peak_rss_mb, require_data, timer, write_resul
 import chromtools as ct
 
 SMOKE = os.environ.get("VRNN_BENCH_SMOKE") == "1"
+# VRNN_BENCH_METHODS=kshape,kmeans runs only these methods (no VRNN stability/speed rows, no targets) and
+# writes results/vrnn_<methods>.json: a supplementary run, e.g. for a baseline whose library was missing
+ONLY = [m for m in os.environ.get("VRNN_BENCH_METHODS", "").split(",") if m]
 THREADS = 1
 SEEDS = (0, 1) if SMOKE else (0, 1, 2, 3, 4)
 STABILITY_SEEDS = (0, 1) if SMOKE else (0, 1, 2)
@@ -133,7 +136,7 @@ def pairwise_ari(label_sets: list[np.ndarray]) -> dict:
 
 
 def methods_to_run() -> list[str]:
-    return [m for m in METHODS if m != "kshape" or have_tslearn()]
+    return [m for m in METHODS if (m != "kshape" or have_tslearn()) and (not ONLY or m in ONLY)]
 
 
 @functools.cache
@@ -179,7 +182,8 @@ def all_tasks() -> list[tuple[str, int, str, int]]:
             if m.startswith("vrnn_") and variant not in ABLATION_VARIANTS:
                 continue
             tasks += [(variant, seed, m, seed) for seed in SEEDS]
-        tasks += [(variant, 0, "vrnn", s) for s in STABILITY_SEEDS if s != 0]  # seed 0 on data 0 is above
+        if "vrnn" in methods_to_run():
+            tasks += [(variant, 0, "vrnn", s) for s in STABILITY_SEEDS if s != 0]  # seed 0 on data 0 is above
     for name in ("yeast", "hsmm", "thp1"):
         tasks += [(name, 0, m, seed) for m in methods_to_run() for seed in SEEDS]
     return tasks
@@ -196,7 +200,8 @@ def bench_simulation(variant: str, done: dict) -> dict:
             "seconds_mean": round(float(np.mean([r["seconds"] for r in runs])), 1),
             "mean_top_membership": rnd(np.mean([r["membership"] for r in runs])),
         }
-    out["run_to_run_ari_vrnn"] = pairwise_ari([done[(variant, 0, "vrnn", s)]["labels"] for s in STABILITY_SEEDS])
+    if "vrnn" in methods_to_run():
+        out["run_to_run_ari_vrnn"] = pairwise_ari([done[(variant, 0, "vrnn", s)]["labels"] for s in STABILITY_SEEDS])
     sim0 = ct.datasets.simulate_timecourse_variant(variant, 20, random_state=0).uns["simulation"]
     out["design"] = {k: sim0[k] for k in ("time_points", "cells_per_time", "mean_count", "time_shift", "missing")}
     print(f"== simulation {variant}: " + "  ".join(
@@ -340,11 +345,12 @@ def main() -> None:
         results["yeast"] = bench_yeast(done)
         results["hsmm"] = bench_unlabelled("hsmm", done)
         results["thp1"] = bench_unlabelled("thp1", done)
-        results["speed"] = bench_speed()
-    results["targets"] = targets(results)
+        if not ONLY:
+            results["speed"] = bench_speed()
+    results["targets"] = targets(results) if not ONLY else []
     results.update(
         {
-            "command": "python benchmarks/vrnn.py",
+            "command": (f"VRNN_BENCH_METHODS={','.join(ONLY)} " if ONLY else "") + "python benchmarks/vrnn.py",
             "git_commit": commit,
             "machine": machine(),
             "settings": {
@@ -373,7 +379,7 @@ def main() -> None:
     if SMOKE:
         print("smoke run: results not written")
     else:
-        write_results("vrnn", results)
+        write_results("vrnn" if not ONLY else "vrnn_" + "_".join(ONLY), results)
     for t in results["targets"]:
         print(f"{'MET ' if t['met'] else 'MISS'} {t['name']}: {t['value']} (target {t['target']})")
 
