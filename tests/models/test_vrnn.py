@@ -247,3 +247,40 @@ def test_posterior_samples_spread_around_the_means(summary):
     assert np.array_equal(samples, model.get_latent_samples(n_samples=20, random_state=1))
     assert samples.std(0).mean() > 1e-3
     assert np.corrcoef(samples.mean(0).ravel(), means.ravel())[0, 1] > 0.5
+
+
+VRNN_DDP = """
+    import json, os, sys
+    import numpy as np
+    import chromtools as ct
+
+    def main(out):
+        adata = ct.datasets.simulate_timecourse(200, cells_per_time=30, random_state=0)
+        ct.tl.vrnn_cluster(
+            adata, "time", 4, layer="counts", max_epochs=8, accelerator="cpu", devices=2,
+            train_kwargs={"strategy": "ddp"},
+        )
+        z = np.asarray(adata.varm["X_vrnn"], dtype=float)
+        with open(f"{out}/rank{os.environ.get('LOCAL_RANK', '0')}.json", "w") as fh:
+            json.dump({"z": np.round(z, 5).tolist(), "clusters": adata.var["vrnn_cluster"].astype(str).tolist()}, fh)
+
+    if __name__ == "__main__":
+        main(sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_vrnn_trains_with_ddp_on_two_cpu_processes(tmp_path):
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(VRNN_DDP))
+    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # one model across the processes: the same latents and modules in both
+    assert ranks[0]["z"] == ranks[1]["z"] and ranks[0]["clusters"] == ranks[1]["clusters"]
+    assert len(set(ranks[0]["clusters"])) == 4

@@ -316,6 +316,9 @@ class VRNNTrainingPlan(TrainingPlan):
         return out.loss
 
     def on_train_epoch_end(self) -> None:
+        if self.trainer is not None and self.trainer.world_size > 1:
+            # under DDP each process summed its own share of the genes: add them up for the epoch's means
+            self._sums = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
         loss, rec, kl, n = (self._sums / self._sums[3].clamp_min(1.0)).tolist()[:3] + [self._sums[3].item()]
         if n == 0:
             return
