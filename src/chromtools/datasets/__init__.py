@@ -15,7 +15,7 @@ from ._real import (
 )
 from ._scatac import simulate_scatac
 from ._timecourse import module_curve, simulate_timecourse
-from ._tracks import SimulatedTracks, simulate_tracks
+from ._tracks import SimulatedTracks, simulate_fragments, simulate_tracks
 
 __all__ = [
     "HscBulk",
@@ -30,6 +30,7 @@ __all__ = [
     "kouno2013_thp1",
     "module_curve",
     "pbmc_multiome",
+    "simulate_fragments",
     "simulate_scatac",
     "simulate_timecourse",
     "simulate_tracks",

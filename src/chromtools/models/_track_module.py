@@ -31,7 +31,11 @@ def masked_pearson(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
 
 
 class TrackDenoiserModule(BaseModuleClass):
-    """Network plus multitask loss: weighted MSE (or Poisson) + (1 - Pearson r) + BCE on peaks.
+    """Network plus multitask loss: MSE (or Poisson) + MSE of log1p + (1 - Pearson r) + BCE on peaks.
+
+    The regression terms are computed in depth-normalised units (coverage / mean coverage), so they
+    pin the track to the clean scale: the linear term weighs the peaks (where MSE and Pearson r are
+    decided), the log1p term the background (where most bases and the rank correlation are).
 
     Parameters
     ----------
@@ -42,8 +46,8 @@ class TrackDenoiserModule(BaseModuleClass):
     regression_loss
         ``'mse'`` on depth-normalised coverage, ``'mse_log'`` on its log1p, or ``'poisson'``
         negative log-likelihood.
-    regression_weight, pearson_weight, peak_weight
-        Weights of the three loss terms.
+    regression_weight, log_weight, pearson_weight, peak_weight
+        Weights of the regression, log1p-MSE, ``1 - r`` and peak BCE terms.
     arch_kwargs
         Passed to the network.
     """
@@ -54,7 +58,8 @@ class TrackDenoiserModule(BaseModuleClass):
         arch: str = "default",
         *,
         regression_loss: Literal["mse", "mse_log", "poisson"] = "mse",
-        regression_weight: float = 0.05,
+        regression_weight: float = 1.0,
+        log_weight: float = 1.0,
         pearson_weight: float = 1.0,
         peak_weight: float = 3.0,
         **arch_kwargs,
@@ -66,6 +71,7 @@ class TrackDenoiserModule(BaseModuleClass):
         self.net = build_network(arch, n_channels, **arch_kwargs)
         self.regression_loss = regression_loss
         self.regression_weight = regression_weight
+        self.log_weight = log_weight
         self.pearson_weight = pearson_weight
         self.peak_weight = peak_weight
 
@@ -99,15 +105,21 @@ class TrackDenoiserModule(BaseModuleClass):
             reg = (((torch.log1p(track) - torch.log1p(target)) ** 2) * mask).sum(-1) / n
         else:
             reg = ((track - target * torch.log(track + 1e-6)) * mask).sum(-1) / n
+        log_mse = (((torch.log1p(track) - torch.log1p(target)) ** 2) * mask).sum(-1) / n
         bce = (F.binary_cross_entropy_with_logits(logits, peaks, reduction="none") * mask).sum(-1) / n
         r = masked_pearson(track, target, mask)
-        per_window = self.regression_weight * reg + self.peak_weight * bce
+        per_window = self.regression_weight * reg + self.log_weight * log_mse + self.peak_weight * bce
         total = per_window.mean() + self.pearson_weight * (1.0 - r)
         return LossOutput(
             loss=total,
             reconstruction_loss=per_window,
             n_obs_minibatch=mask.shape[0],
-            extra_metrics={"regression": reg.mean().detach(), "bce": bce.mean().detach(), "pearson": r.detach()},
+            extra_metrics={
+                "regression": reg.mean().detach(),
+                "log_mse": log_mse.mean().detach(),
+                "bce": bce.mean().detach(),
+                "pearson": r.detach(),
+            },
         )
 
 

@@ -1,7 +1,8 @@
 """Convolutional networks for track denoising: AtacWorks' ResNet and chromtools' binned dilated ResNet.
 
-Both map a ``(batch, channels, length)`` input (log-scaled coverage) to a per-base denoised track
-(non-negative, in depth-normalised units) and per-base peak logits, keeping the length. Each
+Both map a ``(batch, channels, length)`` input (log-scaled coverage, ``log1p(noisy / mean)`` in channel 0)
+to a per-base denoised track (non-negative, in depth-normalised units: clean coverage / its mean) and
+per-base peak logits, keeping the length. Each
 declares its receptive field and bin size, from which the window padding is derived so that
 predictions do not depend on where windows are cut.
 """
@@ -110,6 +111,10 @@ class _DilatedBlock(nn.Module):
         return x + self.mix(nn.functional.silu(self.conv(self.norm(x))))
 
 
+#: softplus(_SOFTPLUS_INV_1) == 1
+_SOFTPLUS_INV_1 = 0.5413248546129181
+
+
 class BinnedDilatedNet(nn.Module):
     """chromtools' default denoiser: compute on bins, see far, decode back to single bases.
 
@@ -117,8 +122,15 @@ class BinnedDilatedNet(nn.Module):
     side) into ``channels`` features; a stack of residual blocks with exponentially growing
     dilation (``dilations``, in bins) gives a receptive field of tens of kb at a fraction of the
     per-base cost; two transposed convolutions decode the bin features back to per-base track values
-    (softplus) and peak logits. Computing on 16-bp bins is what makes it fast: the per-base cost is
+    and peak logits. Computing on 16-bp bins is what makes it fast: the per-base cost is
     about ``channels**2 * kernel * len(dilations) / bin_size`` multiply-adds.
+
+    With ``anchor=True`` (default) the track is a correction of the depth-scaled noisy input, not a
+    prediction from scratch: per base, ``log1p(track) = gain * log1p(noisy / mean) + offset``, with
+    ``gain`` (≥ 0) and ``offset`` decoded from the context. The head starts at zero, so an untrained
+    network returns the depth-scaled noisy track (already a good estimate of the clean one); training
+    learns how far to shrink each base towards its context, and where. Without the anchor, a network
+    trained on scale-free losses drifted off the clean scale (the issue this fixes).
 
     Parameters
     ----------
@@ -134,6 +146,8 @@ class BinnedDilatedNet(nn.Module):
         Dilation (in bins) of each residual block.
     kernel
         Width of the dilated convolutions (odd).
+    anchor
+        Predict the track as a per-base correction of the noisy input (see above).
     """
 
     def __init__(
@@ -144,6 +158,7 @@ class BinnedDilatedNet(nn.Module):
         channels: int = 24,
         dilations: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128),
         kernel: int = 3,
+        anchor: bool = True,
     ):
         super().__init__()
         if bin_size < 2 or bin_size % 2:
@@ -156,7 +171,11 @@ class BinnedDilatedNet(nn.Module):
         self.embed = nn.Conv1d(n_channels, channels, 2 * b, stride=b, padding=b // 2)
         self.blocks = nn.Sequential(*[_DilatedBlock(channels, d, kernel) for d in dilations])
         self.out_norm = ChannelNorm(channels)
-        self.track_head = nn.ConvTranspose1d(channels, 1, 2 * b, stride=b, padding=b // 2)
+        self.anchor = bool(anchor)
+        self.track_head = nn.ConvTranspose1d(channels, 2 if anchor else 1, 2 * b, stride=b, padding=b // 2)
+        if anchor:  # gain 1, offset 0: the untrained network returns its input
+            nn.init.zeros_(self.track_head.weight)
+            nn.init.zeros_(self.track_head.bias)
         self.peak_hidden = nn.Conv1d(channels, channels, 1)
         self.peak_head = nn.ConvTranspose1d(channels, 1, 2 * b, stride=b, padding=b // 2)
         self.bin_size = b
@@ -169,9 +188,16 @@ class BinnedDilatedNet(nn.Module):
             msg = f"Input length {x.shape[-1]} is not a multiple of bin_size {self.bin_size}."
             raise ValueError(msg)
         h = nn.functional.silu(self.out_norm(self.blocks(self.embed(x))))
-        track = nn.functional.softplus(self.track_head(h))
+        head = self.track_head(h)
+        if self.anchor:
+            gain = nn.functional.softplus(head[:, 0] + _SOFTPLUS_INV_1)
+            z = gain * x[:, 0] + head[:, 1]
+            # log1p(track) = z, kept >= 0 by a sharp softplus (identity above ~0.3)
+            track = torch.expm1(nn.functional.softplus(z, beta=10.0).clamp(max=15.0))
+        else:
+            track = nn.functional.softplus(head[:, 0])
         logits = self.peak_head(nn.functional.silu(self.peak_hidden(h)))
-        return track.squeeze(1), logits.squeeze(1)
+        return track, logits.squeeze(1)
 
 
 ARCHITECTURES = {"default": BinnedDilatedNet, "atacworks": AtacWorksNet}
