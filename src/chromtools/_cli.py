@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
     den.add_argument("--threshold", type=float, default=None, help="peak probability threshold (default: the model's)")
     den.add_argument(
-        "--merge-gap", type=int, default=None, help="merge peaks closer than this, bp (default: the model's, 50)"
+        "--merge-gap", type=int, default=None, help="merge peaks closer than this, bp (default: the model's)"
     )
     den.add_argument("--min-length", type=int, default=None, help="drop shorter peaks, bp (default: the model's, 50)")
     den.add_argument("--blacklist", default=None, metavar="BED", help="drop peaks overlapping these regions")

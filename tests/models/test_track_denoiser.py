@@ -29,7 +29,8 @@ def test_default_net_is_binned_and_cheaper():
     aw = AtacWorksNet()
     assert net.bin_size == 16 and net.receptive_field > 1.5 * aw.receptive_field
     x = torch.rand(1, 1, 4_096)
-    track, logits = net(x)
+    track, logits, context = net(x)
+    assert context.shape == (1, 4_096) and (context >= 0).all()
     assert track.shape == (1, 4_096) and (track >= 0).all()
     with pytest.raises(ValueError, match="multiple of bin_size"):
         net(torch.rand(1, 1, 4_100))
@@ -50,9 +51,10 @@ def test_pearson_and_loss_terms(small_arch):
         "mask": torch.ones(2, 64),
         "x": torch.zeros(2, 1, 64),
     }
-    perfect = {"track": target, "logits": torch.where(target > 2.5, 20.0, -20.0)}
+    perfect = {"track": target, "context": target, "logits": torch.where(target > 2.5, 20.0, -20.0)}
     out = module.loss(tensors, perfect, perfect)
     assert float(out.extra_metrics["regression"]) < 1e-10 and abs(float(out.extra_metrics["pearson"]) - 1) < 1e-6
+    assert float(out.extra_metrics["track_mse"]) < 1e-10 and float(out.extra_metrics["log_mse"]) < 1e-10
     assert float(out.loss) < 1e-3
 
 
@@ -207,19 +209,25 @@ def test_choice_and_calibration_on_validation_region(tiny_model):
     assert spec["val_chroms"] == ["chr2"] and spec["holdout_chroms"] == ["chr3"] and spec["train_chroms"] == ["chr1"]
     assert 0 < spec["peak_threshold"] < 1 and 0.3 < spec["track_scale"] < 3
     val = spec["validation"]
-    assert val["peak_f1"] == max(val["peak_f1_per_threshold"].values()) > 0.3
+    assert val["peak_f1"] == pytest.approx(max(val["peak_f1_per_threshold_and_gap"].values()), abs=1e-4) and val["peak_f1"] > 0.3
+    assert spec["peak_merge_gap"] in (0, 50, 150, 300, 600)
     assert val["track_mse_after_scale"] <= val["track_mse_before_scale"] + 1e-9
     fdr = np.asarray(spec["fdr"])
     assert fdr.shape == (101,) and (np.diff(fdr) <= 1e-12).all() and 0 <= fdr.min() <= fdr.max() <= 1
 
 
-def test_untrained_anchor_returns_its_input(small_arch):
-    # the default head starts as the identity: log1p(track) = log1p(noisy / mean)
+def test_anchored_track_mixes_input_and_context(small_arch):
+    # at initialisation: log1p(track) = (log1p(noisy / mean) + log1p(context)) / 2
     net = BinnedDilatedNet(**small_arch)
     x = torch.log1p(torch.rand(2, 1, 1_024) * 20)
-    track, _ = net(x)
-    big = x[:, 0] > 0.5
-    assert torch.allclose(torch.log1p(track)[big], x[:, 0][big], atol=1e-4)
+    track, _, context = net(x)
+    z = 0.5 * x[:, 0] + 0.5 * torch.log1p(context)
+    big = z > 1.0  # above ~0.3 the softplus floor is the identity
+    assert big.float().mean() > 0.3 and torch.allclose(torch.log1p(track)[big], z[big], atol=1e-4)
+    # the track follows the per-base input: a base with more noisy coverage gets more denoised coverage
+    x2 = x.clone()
+    x2[0, 0, 500] += 2.0
+    assert net(x2)[0][0, 500] > track[0, 500] + 1
 
 
 def test_depth_scaling_none_uses_the_training_means_in_training_too(tiny_tracks, tmp_path):

@@ -74,19 +74,25 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         Used by :meth:`load`; leave it out.
     arch
         ``'default'``: chromtools' binned dilated ResNet (computes on 16-bp bins with a 16-kb
-        receptive field, decodes back to single bases), whose track is a learned per-base correction
-        of the depth-scaled noisy input (``anchor=True``). ``'atacworks'``: the published AtacWorks
+        receptive field, decodes back to single bases), whose track is a learned per-base mix of the
+        depth-scaled noisy input and the network's context estimate (``anchor=True``). ``'atacworks'``: the published AtacWorks
         ResNet (5 residual blocks of 3 convolutions, kernel 51, dilation 8, 15 channels, and a
         2-block peak head on the denoised track), for comparison.
     pad
         Context (bp) read on each side of a window; default half the receptive field, rounded up to
         the bin size, which makes predictions independent of where windows are cut.
     regression_loss
-        Linear-scale regression term on depth-normalised coverage: ``'mse'``, ``'mse_log'`` (on
-        log1p, as the log term) or ``'poisson'`` negative log-likelihood.
-    regression_weight, log_weight, pearson_weight, peak_weight
-        Weights of the regression, log1p-MSE, ``1 - Pearson r`` and peak BCE terms. The two
-        regression terms keep the track on the clean scale (``1 - r`` alone is blind to scale).
+        AtacWorks' regression term on depth-normalised coverage: ``'mse'``, ``'mse_log'`` (on
+        log1p) or ``'poisson'`` negative log-likelihood.
+    regression_weight, pearson_weight
+        Weights of AtacWorks' regression and ``1 - Pearson r`` terms, on the network's own estimate
+        (for the default network, its context estimate; see :class:`~chromtools.models.TrackDenoiser`'s
+        ``arch``).
+    track_weight, log_weight
+        Weights of the squared errors of the written track, linear and of log1p: they keep it on
+        the clean scale (``1 - r`` alone is blind to scale).
+    peak_weight
+        Weight of the peak BCE.
     depth_scaling
         ``'mean'``: every input track is divided by its own mean coverage (in training and in
         inference), so a model applies to samples of other depths and its output is scaled by the
@@ -119,7 +125,8 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         arch: Literal["default", "atacworks"] = "default",
         pad: int | None = None,
         regression_loss: Literal["mse", "mse_log", "poisson"] = "mse",
-        regression_weight: float = 1.0,
+        regression_weight: float = 0.05,
+        track_weight: float = 1.0,
         log_weight: float = 1.0,
         pearson_weight: float = 1.0,
         peak_weight: float = 3.0,
@@ -146,6 +153,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
                 arch,
                 regression_loss=regression_loss,
                 regression_weight=regression_weight,
+                track_weight=track_weight,
                 log_weight=log_weight,
                 pearson_weight=pearson_weight,
                 peak_weight=peak_weight,
@@ -400,7 +408,8 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         peaks are called exactly as :func:`chromtools.tl.denoise` calls them. Stored in the spec:
 
         - ``track_scale``: the factor that minimises the squared error of the denoised track;
-        - ``peak_threshold``: the probability cut with the best one-to-one peak-level F1;
+        - ``peak_threshold``, ``peak_merge_gap``: the probability cut and merge gap with the best
+          one-to-one peak-level F1;
         - ``fdr_grid``/``fdr``: the share of validation peaks (at that cut) matching no true peak,
           as a function of a peak's highest probability (it gives the narrowPeak q-values).
 
@@ -424,7 +433,9 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             depth_scaling=spec["depth_scaling"],
         )
         grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
-        gap, min_len = spec["peak_merge_gap"], spec["peak_min_length"]
+        gaps = (0, 50, 150, 300, 600)
+        rules = [(float(g), gap) for gap in gaps for g in grid]
+        min_len = spec["peak_min_length"]
         streams: dict[tuple, list[PeakStream]] = {}
         sums = np.zeros(5)  # sum t*y, sum t*t, sum y, sum y*y, n over masked bases (normalised units)
         sum_t = 0.0
@@ -440,7 +451,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
                 key = (pi, setup.chrom_names[ci], rs, re)
                 if key not in streams:
                     streams[key] = [
-                        PeakStream(key[1], threshold=float(g), merge_gap=gap, min_length=min_len) for g in grid
+                        PeakStream(key[1], threshold=g, merge_gap=gap, min_length=min_len) for g, gap in rules
                     ]
                 first = start + int(np.argmax(keep)) - pad
                 for stream in streams[key]:
@@ -458,7 +469,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             truth[(pi, chrom, rs, re)] = pd.DataFrame({"chrom": chrom, "start": starts[sel], "end": ends[sel]})
         n_true = sum(len(t) for t in truth.values())
         f1, tables = [], []
-        for j in range(grid.size):
+        for j in range(len(rules)):
             called, matched = [], []
             for key, s in streams.items():
                 peaks = s[j].finish()
@@ -469,21 +480,24 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             n_hit = int(table["matched"].sum())
             f1.append(2 * n_hit / max(len(table) + n_true, 1))
             tables.append(table)
-        # with no labelled validation peak every F1 is 0: keep the neutral cut rather than the lowest
-        best = int(np.argmax(f1)) if n_true else int(np.flatnonzero(grid == 0.5)[0])
+        # with no labelled validation peak every F1 is 0: keep the neutral rule rather than the lowest cut
+        best = int(np.argmax(f1)) if n_true else rules.index((0.5, 50))
         chosen = tables[best]
         fdr_grid = np.round(np.linspace(0, 1, 101), 2)
         spec.update(
             {
                 "track_scale": float(scale),
-                "peak_threshold": float(grid[best]),
+                "peak_threshold": rules[best][0],
+                "peak_merge_gap": rules[best][1],
                 "fdr_grid": fdr_grid.tolist(),
                 "fdr": fdr_curve(chosen["max_prob"].to_numpy(), chosen["matched"].to_numpy(), fdr_grid).tolist(),
                 "fdr_n_peaks": len(chosen),
                 "validation": {
                     "regions": list(setup.val_chroms),
                     "peak_f1": float(f1[best]),
-                    "peak_f1_per_threshold": dict(zip(grid.tolist(), np.round(f1, 4).tolist(), strict=True)),
+                    "peak_f1_per_threshold_and_gap": {
+                        f"{g:.2f}/{gap}": round(float(v), 4) for (g, gap), v in zip(rules, f1, strict=True)
+                    },
                     "n_peaks_called": len(chosen),
                     "n_peaks_true": int(n_true),
                     "track_mse_before_scale": float(mse_before),
@@ -493,9 +507,10 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             }
         )
         logger.info(
-            "Validation %s: peak threshold %.2f (one-to-one peak F1 %.3f), track scale %.3f (MSE %.3g -> %.3g)",
+            "Validation %s: peak threshold %.2f, merge gap %d bp (one-to-one peak F1 %.3f), track scale %.3f (MSE %.3g -> %.3g)",
             ",".join(setup.val_chroms),
-            grid[best],
+            rules[best][0],
+            rules[best][1],
             f1[best],
             scale,
             mse_before,

@@ -200,10 +200,10 @@ def denoise(
         Windows per forward pass.
     threshold
         Peak probability at or above which a base is in a peak; default the threshold chosen on the
-        model's validation region (best one-to-one peak F1).
+        model's validation region (best one-to-one peak F1, together with ``merge_gap``).
     merge_gap
-        Peaks closer than this (bp) are merged; default the model's (50 bp, used when choosing the
-        threshold).
+        Peaks closer than this (bp) are merged; default the model's (chosen with the threshold on
+        its validation region).
     min_length
         Peaks shorter than this (bp) are dropped; default the model's (50 bp).
     blacklist
