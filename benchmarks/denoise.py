@@ -210,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the default network (default: %(default)s)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds of the default network (default: %(default)s)")
-    parser.add_argument("--atacworks-batches", type=int, default=8, help="atacworks batches between validations")
+    parser.add_argument("--atacworks-batches", type=int, default=4, help="atacworks batches between validations")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of inference (default: %(default)s)")
     parser.add_argument(
         "--train-threads", type=int, default=1, help="torch threads of training (default: %(default)s; more threads "
