@@ -68,7 +68,9 @@ def test_denoised_track_is_in_clean_units(denoised, tiny_tracks, tiny_model):
     assert model["mse"] < noisy["mse"]
     clean = ct.io.read_bigwig(tiny_tracks.clean, "chr3")
     track = ct.io.read_bigwig(denoised.track, "chr3")
-    assert 0.7 < track.mean() / clean.mean() < 1.3
+    noisy_mean = ct.io.read_bigwig(tiny_tracks.noisy, "chr3").mean()
+    # the clean track is ~16x deeper than the noisy input; the denoised one is on the clean side of that
+    assert clean.mean() / noisy_mean > 10 and 0.5 < track.mean() / clean.mean() < 2
     assert denoised.params["output_scale"] == pytest.approx(
         ct.models._track_data.bigwig_mean(tiny_tracks.noisy) * ratio * tiny_model.spec_["track_scale"]
     )
