@@ -1,23 +1,34 @@
-"""Track denoising on the real HSC pair: baselines vs both architectures, throughput and memory.
+"""Track denoising on the real HSC pair: three disjoint regions, baselines vs both architectures, speed and memory.
 
-Run: ``python benchmarks/denoise.py [--epochs 3] [--default-epochs 12] [--train-threads 2]``
-(writes ``benchmarks/results/denoise.json``). Train on chr1, evaluate on chr2 of
-``../shared/data/atac_hsc_bulk``. Both architectures get the same budget: the same windows, batch
-size, learning-rate schedule, number of epochs and early-stopping rule (AtacWorks on CPU costs about
-ten times more per epoch, so the shared budget is small); the default is also trained on a longer
-budget of its own. Throughput is measured end to end (read bigWig, network, write bigWigs, call peaks) and for
-the network alone; peak memory is measured on simulated genomes of 100 and 300 Mb, each denoised in
-its own process.
+Run: ``python benchmarks/denoise.py`` (writes ``benchmarks/results/denoise.json``); ``--help`` lists the budget
+options. Data: ``../shared/data/atac_hsc_bulk`` (hg19, first 10 Mb of chr1 and chr2, 5M- vs 80M-read coverage).
+
+Splits (disjoint, and recorded in the JSON):
+
+- train  = chr1:0-8,000,000   the network weights;
+- choose = chr1:8,000,000-10,000,000   best epoch, peak threshold, track scale, FDR calibration, and the
+  smoothing width of the smoothed-noisy baseline;
+- report = chr2   every number below; nothing else has seen it.
+
+Budget: the default network trains ``--epochs`` epochs for each of ``--seeds`` seeds (mean ± sd reported).
+The AtacWorks network gets the same wall-clock training time as the default's first seed, measured in
+this run on this machine (``max_time``), with validation every ``--atacworks-batches`` batches so that it
+is chosen on the choose region like the default; it is one seed (it is ~50x slower per window).
+Throughput is end to end (read bigWig, network, write bigWigs, call peaks) and for the network alone;
+peak memory is measured by denoising a simulated 300-Mb genome in a fresh process. Timings depend on the
+machine and its load: the JSON records both, and says when the machine was shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -29,85 +40,140 @@ from _common import machine, require_data, timer, write_results
 
 import chromtools as ct
 
+TRAIN = "chr1:0-8000000"
+CHOOSE = "chr1:8000000-10000000"
+REPORT = "chr2"
 TARGETS = {
-    "default_bp_per_s": 1.7e6,
-    "speedup_vs_atacworks": 10.0,
-    "auprc": 0.85,
-    "peak_f1": 0.80,
-    "peak_memory_gb": 4.0,
+    "pearson_at_least_noisy": "Pearson >= the depth-scaled noisy track's",
+    "mse_at_most_0.8_noisy": "MSE <= 0.8 x the depth-scaled noisy track's",
+    "spearman_0.55": "Spearman >= 0.55",
+    "auprc_0.85": "per-base AUPRC >= 0.85",
+    "peak_f1_0.80": "one-to-one peak F1 >= 0.80",
+    "bp_per_s_1.7M": "default end to end >= 1.7 M bp/s on 2 CPU cores",
+    "speedup_10x": "default end to end >= 10x the atacworks network",
+    "memory_4GB_300Mb": "peak memory < 4 GB on a 300-Mb genome",
 }
 KEYS = [
     "auprc",
     "auroc",
-    "base_precision",
-    "base_recall",
     "base_f1",
     "peak_precision",
     "peak_recall",
     "peak_f1",
     "pearson",
     "spearman",
+    "mse",
     "pearson_outside_peaks",
     "spearman_outside_peaks",
+    "mse_outside_peaks",
     "pearson_in_peaks",
-    "mse",
+    "mse_in_peaks",
+    "peak_n_predicted",
+    "peak_n_true",
 ]
 
 
 def pick(d: dict) -> dict:
-    return {
-        k: (None if d.get(k) is None or (isinstance(d[k], float) and np.isnan(d[k])) else float(d[k]))
-        for k in KEYS
-        if k in d
-    }
+    return {k: (None if d[k] is None or np.isnan(d[k]) else float(d[k])) for k in KEYS if k in d}
 
 
-def network_throughput(model, seconds: float = 20.0) -> float:
+def region_values(path, region: str) -> np.ndarray:
+    chrom, start, end = ct.io.parse_region(region)
+    return ct.io.read_bigwig(path, chrom, start, end)
+
+
+def smoothed_noisy_baseline(hsc, ratio: float, work: Path) -> tuple[dict, dict]:
+    """Depth-scaled noisy track smoothed by a moving average whose width is chosen on the choose region."""
+    clean, noisy = region_values(hsc.clean, CHOOSE), region_values(hsc.noisy, CHOOSE) * ratio
+    mse = {}
+    for w in (1, 51, 101, 201, 401, 801):
+        sm = np.convolve(noisy, np.ones(w) / w, mode="same") if w > 1 else noisy
+        mse[w] = float(np.mean((sm - clean) ** 2))
+    width = min(mse, key=mse.get)
+    sizes = ct.io.read_chrom_sizes(hsc.noisy)
+    out = work / "smoothed_noisy.bw"
+    values = ct.io.read_bigwig(hsc.noisy, REPORT) * ratio
+    values = np.convolve(values, np.ones(width) / width, mode="same") if width > 1 else values
+    ct.io.write_bigwig(out, {REPORT: values.astype(np.float32)}, {REPORT: sizes[REPORT]})
+    ev = ct.metrics.evaluate_denoising(hsc.clean, hsc.peaks, track=out, chroms=[REPORT])
+    return pick(ev), {"width_bp": width, "choose_region_mse_per_width": mse}
+
+
+def network_throughput(model, seconds: float = 10.0) -> float:
     """Bases per second of the network alone on full windows (padding counted as overhead)."""
     spec = model.spec_
-    x = np.random.default_rng(0).random((8, spec["n_channels"], spec["window"] + 2 * spec["pad"])).astype(np.float32)
+    x = np.random.default_rng(0).random((4, spec["n_channels"], spec["window"] + 2 * spec["pad"])).astype(np.float32)
     model.predict_windows(x[:1])
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         model.predict_windows(x)
-        n += 8
+        n += 4
     return n * spec["window"] / (time.perf_counter() - start)
 
 
-# AtacWorks' published learning rate (2e-4) is tuned for 25+ GPU epochs; on a budget of a few epochs
-# it under-trains, and 3e-3 (our default's) can diverge for its 51-wide ReLU stacks, so it gets 1e-3.
-LR = {"default": 3e-3, "atacworks": 1e-3}
-
-
-def load_trained(name: str, model_dir: Path) -> tuple:
-    """A model trained by an earlier run with ``--model-dir``, and its training record."""
-    model = ct.models.TrackDenoiser.load(model_dir / f"model_{name}")
-    return model, json.loads((model_dir / f"train_info_{name}.json").read_text())
-
-
-def train(arch: str, hsc, epochs: int, work: Path, name: str) -> tuple:
-    setup = ct.models.TrackDenoiser.setup_tracks(hsc.noisy, hsc.clean, hsc.peaks, val_chroms=["chr2"], window=50_000)
-    model = ct.models.TrackDenoiser(setup, arch=arch)
+def train(
+    arch: str, hsc, *, epochs: int, seed: int, max_seconds: float | None, batches: int | None, threads: int
+) -> tuple:
+    torch.set_num_threads(threads)
+    setup = ct.models.TrackDenoiser.setup_tracks(
+        hsc.noisy, hsc.clean, hsc.peaks, train_chroms=[TRAIN], val_chroms=[CHOOSE], holdout_chroms=[REPORT]
+    )
+    model = ct.models.TrackDenoiser(setup, arch=arch, random_state=seed)
+    kwargs = {}
+    if max_seconds is not None:
+        kwargs["max_time"] = timedelta(seconds=max_seconds)
+    if batches is not None:
+        kwargs["limit_train_batches"] = batches
+    lr = 3e-3 if arch == "default" else 1e-3
     with timer() as t:
-        model.train(max_epochs=epochs, lr=LR[arch], accelerator="cpu", progress=False, random_state=0)
+        model.train(
+            max_epochs=epochs,
+            lr=lr,
+            lr_schedule="cosine" if max_seconds is None else "constant",
+            accelerator="cpu",
+            progress=False,
+            random_state=seed,
+            **kwargs,
+        )
     auprc = model.history.get("auprc_validation")
     curve = [round(float(v), 4) for v in auprc.astype(float).iloc[:, 0]] if auprc is not None else []
-    model.save(work / f"model_{name}", overwrite=True)
+    spec = model.spec_
     info = {
         "arch": arch,
-        "lr": LR[arch],
+        "seed": seed,
+        "lr": lr,
         "parameters": int(sum(p.numel() for p in model.module.parameters())),
-        "receptive_field_bp": model.spec_["receptive_field"],
-        "bin_size": model.spec_["bin_size"],
+        "receptive_field_bp": spec["receptive_field"],
+        "bin_size": spec["bin_size"],
         "train_seconds": t["seconds"],
+        "train_windows_in_completed_epochs": int(len(curve) * min(batches * 4, len(setup.train_windows)))
+        if batches
+        else int(len(curve) * len(setup.train_windows)),
         "epochs_run": len(curve),
-        "max_epochs": epochs,
-        "best_validation_auprc": model.best_score_,
-        "validation_auprc_per_epoch": curve,
-        "train_threads": torch.get_num_threads(),
+        "choose_auprc_per_epoch": curve,
+        "choose_best_auprc": model.best_score_,
+        "chosen_on_choose_region": {
+            "peak_threshold": spec["peak_threshold"],
+            "track_scale": spec["track_scale"],
+            **{k: spec["validation"][k] for k in ("peak_f1", "track_mse_before_scale", "track_mse_after_scale")},
+        },
     }
-    (work / f"train_info_{name}.json").write_text(json.dumps(info, indent=1))
     return model, info
+
+
+def evaluate(model, hsc, work: Path, name: str, chroms: list[str] | None, threads: int) -> dict:
+    torch.set_num_threads(threads)
+    res = ct.tl.denoise(hsc.noisy, model, work / name / "hsc", chroms=chroms, accelerator="cpu", progress=False)
+    ev = ct.metrics.evaluate_denoising(
+        hsc.clean, hsc.peaks, track=res.track, peakprob=res.peakprob, peaks=res.peaks, chroms=[REPORT]
+    )
+    return {
+        "report_chr2": pick(ev),
+        "end_to_end_bp_per_s": res.bases_per_second,
+        "end_to_end_bp": res.n_bases,
+        "end_to_end_seconds": res.seconds,
+        "network_only_bp_per_s": network_throughput(model),
+    }
 
 
 def memory_run(size_mb: int, model_dir: Path, work: Path) -> dict:
@@ -117,139 +183,167 @@ def memory_run(size_mb: int, model_dir: Path, work: Path) -> dict:
     sim = ct.datasets.simulate_tracks(work / f"genome_{size_mb}", chrom_sizes=sizes, random_state=1)
     code = (
         "import json, resource, sys, torch, chromtools as ct\n"
+        "torch.set_num_threads(int(sys.argv[4]))\n"
         "r = ct.tl.denoise(sys.argv[1], sys.argv[2], sys.argv[3], accelerator='cpu', progress=False, check_genome=False)\n"
         "print(json.dumps({'seconds': r.seconds, 'bp': r.n_bases, 'bp_per_s': r.bases_per_second, 'peaks': len(r.peak_table),"
         " 'peak_rss_gb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}))\n"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(sim.noisy), str(model_dir), str(work / f"genome_{size_mb}" / "out")],
+        [sys.executable, "-c", code, str(sim.noisy), str(model_dir), str(work / f"genome_{size_mb}" / "out"), "2"],
         capture_output=True,
         text=True,
-        check=True,
     )
+    if out.returncode:
+        return {"genome_mb": size_mb, "error": out.stderr[-2000:]}
     res = json.loads(out.stdout.strip().splitlines()[-1])
     res["genome_mb"] = size_mb
     return res
 
 
+def mean_sd(runs: list[dict]) -> dict:
+    keys = [k for k in runs[0] if all(r.get(k) is not None for r in runs)]
+    return {k: {"mean": float(np.mean([r[k] for r in runs])), "sd": float(np.std([r[k] for r in runs], ddof=1))}
+            if len(runs) > 1 else {"mean": float(runs[0][k]), "sd": None} for k in keys}
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=3, help="shared epoch budget of both architectures")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of the default network (default: %(default)s)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds of the default network (default: %(default)s)")
+    parser.add_argument("--atacworks-batches", type=int, default=4, help="atacworks batches between validations")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of inference (default: %(default)s)")
     parser.add_argument(
-        "--default-epochs", type=int, default=12, help="also train the default for this many epochs (0: skip)"
+        "--train-threads", type=int, default=1, help="torch threads of training (default: %(default)s; more threads "
+        "than free cores slows torch down many times)"
     )
-    parser.add_argument("--train-threads", type=int, default=2, help="torch threads while training")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for inference throughput")
+    parser.add_argument("--skip-atacworks", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--model-dir", type=Path, help="keep the trained models here (default: a temporary folder)")
-    parser.add_argument(
-        "--skip-training", action="store_true", help="re-measure the models of an earlier run with --model-dir"
-    )
+    parser.add_argument("--shared-machine", action="store_true", help="say in the JSON that other jobs were running")
     args = parser.parse_args()
-    if args.skip_training and args.model_dir is None:
-        parser.error("--skip-training needs --model-dir (the folder of an earlier run)")
     data = require_data()
     hsc = ct.datasets.hsc_bulk(data)
-    chroms = ["chr2"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks/denoise.py"], capture_output=True,
+                           text=True, cwd=Path(__file__).parent).stdout.strip()
     results: dict = {
+        "git_commit": commit.stdout.strip(),
+        "git_dirty_files": dirty.splitlines(),
         "machine": machine(),
+        "machine_shared_with_other_jobs": args.shared_machine,
+        "load_average_at_start": os.getloadavg(),
         "command": "python benchmarks/denoise.py " + " ".join(sys.argv[1:]),
-        "train_threads": args.train_threads,
-        "inference_threads": args.threads,
-        "data": "atac_hsc_bulk (hg19, first 10 Mb of chr1/chr2): train chr1, evaluate chr2",
+        "threads": {"train": args.train_threads, "inference": args.threads},
+        "data": "atac_hsc_bulk: hg19, first 10 Mb of chr1 and chr2, HSC ATAC 5M reads (noisy) vs 80M reads (clean)",
+        "splits": {
+            "train": TRAIN,
+            "choose": CHOOSE + " (best epoch, peak threshold, track scale, FDR calibration, baseline smoothing)",
+            "report": REPORT + " (every reported metric; used for nothing else)",
+        },
+        "budget": (
+            f"default: {args.epochs} epochs (cosine schedule) x {args.seeds} seeds; atacworks: the same wall-clock "
+            "training time as the default's first seed, on the same machine in the same run, one seed, constant "
+            f"learning rate, validated on the choose region every {args.atacworks_batches} batches of 4 windows"
+        ),
+        "metric_notes": (
+            "Track metrics are per base on chr2 in clean-track units (80M-read coverage); peak metrics match "
+            "predicted and true (clean MACS) peaks one to one (maximum bipartite matching of >= 1 bp overlaps); "
+            "AUPRC is per base on the peak probability."
+        ),
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model_dir = args.model_dir or work
-        model_dir.mkdir(parents=True, exist_ok=True)
         ratio = ct.models._track_data.bigwig_mean(hsc.clean) / ct.models._track_data.bigwig_mean(hsc.noisy)
         base = {}
-        base["noisy_track"] = pick(
+        base["noisy_track_depth_scaled"] = pick(
             ct.metrics.evaluate_denoising(
-                hsc.clean,
-                hsc.peaks,
-                track=hsc.noisy,
-                peakprob=hsc.noisy,
-                chroms=chroms,
-                threshold=1.0,
+                hsc.clean, hsc.peaks, track=hsc.noisy, peakprob=hsc.noisy, chroms=[REPORT], threshold=1.0,
                 scale_track=ratio,
             )
         )
+        base["noisy_track_smoothed"], base["noisy_track_smoothed_choice"] = smoothed_noisy_baseline(hsc, ratio, work)
         base["macs_peaks_on_noisy_given"] = pick(
-            ct.metrics.evaluate_denoising(hsc.clean, hsc.peaks, peaks=hsc.noisy_peaks, chroms=chroms)
-        )
-        given_mask = ct.metrics.peak_mask(hsc.noisy_peaks, "chr2", 10_000_000)
-        truth_mask = ct.metrics.peak_mask(hsc.peaks, "chr2", 10_000_000)
-        cls = ct.metrics.peak_classification(given_mask.astype(float), truth_mask, threshold=0.5)
-        base["macs_peaks_on_noisy_given"].update(
-            {"base_precision": cls["precision"], "base_recall": cls["recall"], "base_f1": cls["f1"]}
+            ct.metrics.evaluate_denoising(hsc.clean, hsc.peaks, peaks=hsc.noisy_peaks, chroms=[REPORT])
         )
         try:
-            called = ct.tl.macs3_peaks(hsc.noisy, chroms=chroms)
+            called = ct.tl.macs3_peaks(hsc.noisy, chroms=[REPORT])
             base["macs3_wrapper_on_noisy"] = pick(
-                {f"peak_{k}": v for k, v in ct.metrics.peak_overlap(called, hsc.peaks, chroms=chroms).items()}
+                {f"peak_{k}": v for k, v in ct.metrics.peak_overlap(called, hsc.peaks, chroms=[REPORT]).items()}
             )
         except ImportError:
             base["macs3_wrapper_on_noisy"] = "MACS3 not installed"
-        results["baselines"] = base
-        results["baselines"]["note"] = (
-            "noisy_track: the noisy coverage is the per-base score (AUROC/AUPRC) and, times the clean/noisy depth "
-            f"ratio ({ratio:.2f}), the prediction for MSE; per-base P/R/F1 at coverage >= 1"
+        base["depth_ratio"] = ratio
+        base["note"] = (
+            "noisy_track_depth_scaled: the noisy coverage times the clean/noisy depth ratio (total coverage of the two "
+            "files) is the track, and the noisy coverage the per-base peak score; noisy_track_smoothed: the same, "
+            "moving-averaged with the width that minimises MSE on the choose region"
         )
+        results["baselines"] = base
+        print("baselines", json.dumps(base, indent=1), flush=True)
+        write_results("denoise", {**results, "partial": "baselines only; the run did not finish"})
 
-        runs = [("default", "default", args.epochs), ("atacworks", "atacworks", args.epochs)]
-        if args.default_epochs:
-            runs.append(("default", f"default_{args.default_epochs}_epochs", args.default_epochs))
-        models, trained = {}, {}
-        torch.set_num_threads(args.train_threads)
-        for arch, name, epochs in runs:
-            if args.skip_training:
-                trained[name], models[name] = load_trained(name, model_dir)
-            else:
-                trained[name], models[name] = train(arch, hsc, epochs, model_dir, name)
-            print(
-                name,
-                json.dumps({k: models[name][k] for k in ("train_seconds", "epochs_run", "best_validation_auprc")}),
-                flush=True,
+        models: dict = {}
+        runs = []
+        for seed in range(args.seeds):
+            model, info = train(
+                "default", hsc, epochs=args.epochs, seed=seed, max_seconds=None, batches=None, threads=args.train_threads
             )
-        torch.set_num_threads(args.threads)
-        for name, model in trained.items():
-            info = models[name]
-            res = ct.tl.denoise(hsc.noisy, model, work / name / "hsc", accelerator="cpu", progress=False)
-            ev = ct.metrics.evaluate_denoising(
-                hsc.clean, hsc.peaks, track=res.track, peakprob=res.peakprob, peaks=res.peaks, chroms=chroms
+            info.update(evaluate(model, hsc, work, f"default_{seed}", chroms=None, threads=args.threads))
+            print("default", seed, json.dumps(info["report_chr2"]), info["train_seconds"], flush=True)
+            models[f"default_seed{seed}"] = info
+            runs.append(info["report_chr2"])
+            if seed == 0:
+                model.save(work / "model_default", overwrite=True)
+                budget = info["train_seconds"]
+            write_results("denoise", {**results, "models": models, "partial": "the run did not finish"})
+        results["default_mean_sd"] = mean_sd(runs)
+        if not args.skip_atacworks:
+            model, info = train(
+                "atacworks",
+                hsc,
+                epochs=1_000,
+                seed=0,
+                max_seconds=budget,
+                batches=args.atacworks_batches,
+                threads=args.train_threads,
             )
-            info["metrics_chr2"] = pick(ev)
-            info["inference_end_to_end_bp_per_s"] = res.bases_per_second
-            info["inference_end_to_end_seconds_20mb"] = res.seconds
-            info["inference_network_only_bp_per_s"] = network_throughput(model)
-            info["peaks_called_chr2"] = int((res.peak_table["chrom"] == "chr2").sum())
-            print(name, json.dumps(info["metrics_chr2"]), info["inference_end_to_end_bp_per_s"], flush=True)
+            info.update(evaluate(model, hsc, work, "atacworks", chroms=[REPORT], threads=args.threads))
+            print("atacworks", json.dumps(info["report_chr2"]), info["train_seconds"], flush=True)
+            models["atacworks_seed0"] = info
         results["models"] = models
-        d, a = models["default"], models["atacworks"]
-        results["speedup_default_vs_atacworks"] = {
-            "end_to_end": d["inference_end_to_end_bp_per_s"] / a["inference_end_to_end_bp_per_s"],
-            "network_only": d["inference_network_only_bp_per_s"] / a["inference_network_only_bp_per_s"],
-        }
         if not args.skip_memory:
-            results["genome_wide_memory"] = [memory_run(mb, model_dir / "model_default", work) for mb in (100, 300)]
-    mem = max(r["peak_rss_gb"] for r in results.get("genome_wide_memory", [{"peak_rss_gb": float("nan")}]))
-    dm = d["metrics_chr2"]
-    best = max((m["metrics_chr2"] for k, m in models.items() if m["arch"] == "default"), key=lambda m: m["auprc"])
-    results["targets"] = TARGETS
-    results["targets_met"] = {
-        "default_bp_per_s": d["inference_end_to_end_bp_per_s"] >= TARGETS["default_bp_per_s"],
-        "speedup_vs_atacworks": results["speedup_default_vs_atacworks"]["end_to_end"]
-        >= TARGETS["speedup_vs_atacworks"],
-        "auprc": best["auprc"] >= TARGETS["auprc"],
-        "peak_f1": best["peak_f1"] >= TARGETS["peak_f1"],
-        "above_macs_on_noisy": best["peak_f1"] > base["macs_peaks_on_noisy_given"]["peak_f1"],
-        "above_atacworks_same_budget": dm["auprc"] > a["metrics_chr2"]["auprc"]
-        and dm["peak_f1"] > a["metrics_chr2"]["peak_f1"],
-        "peak_memory_gb": mem < TARGETS["peak_memory_gb"],
+            results["genome_wide_memory"] = [memory_run(300, work / "model_default", work)]
+    results["load_average_at_end"] = os.getloadavg()
+
+    d = results["default_mean_sd"]
+    noisy = base["noisy_track_depth_scaled"]
+    d0 = models["default_seed0"]
+    flags = {
+        "pearson_at_least_noisy": d["pearson"]["mean"] >= noisy["pearson"],
+        "mse_at_most_0.8_noisy": d["mse"]["mean"] <= 0.8 * noisy["mse"],
+        "spearman_0.55": d["spearman"]["mean"] >= 0.55,
+        "auprc_0.85": d["auprc"]["mean"] >= 0.85,
+        "peak_f1_0.80": d["peak_f1"]["mean"] >= 0.80,
+        "bp_per_s_1.7M": d0["end_to_end_bp_per_s"] >= 1.7e6,
     }
+    if "atacworks_seed0" in models:
+        a = models["atacworks_seed0"]
+        results["speedup_default_vs_atacworks"] = {
+            "end_to_end": d0["end_to_end_bp_per_s"] / a["end_to_end_bp_per_s"],
+            "network_only": d0["network_only_bp_per_s"] / a["network_only_bp_per_s"],
+        }
+        flags["speedup_10x"] = results["speedup_default_vs_atacworks"]["end_to_end"] >= 10
+    if "genome_wide_memory" in results:
+        mem = results["genome_wide_memory"][0]
+        if "peak_rss_gb" in mem:
+            flags["memory_4GB_300Mb"] = mem["peak_rss_gb"] < 4.0
+    results["targets"] = TARGETS
+    results["targets_met"] = flags
+    results["targets_basis"] = (
+        "quality targets use the default network's mean over seeds on chr2; throughput uses seed 0; every target not "
+        "measured in this run is absent from targets_met"
+    )
     write_results("denoise", results)
-    print(json.dumps(results["targets_met"], indent=1))
+    print(json.dumps(flags, indent=1))
 
 
 if __name__ == "__main__":

@@ -68,6 +68,7 @@ def _denoise(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         merge_gap=args.merge_gap,
         min_length=args.min_length,
+        blacklist=args.blacklist,
         accelerator=args.accelerator,
         devices=args.devices,
         progress=not args.quiet,
@@ -116,17 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", required=True, metavar="MODEL_DIR", help="folder to save the model to")
     train.add_argument(
-        "--val-chroms", nargs="+", default=["chr2"], metavar="CHR", help="validation chromosomes (default: chr2)"
+        "--val-chroms",
+        nargs="+",
+        default=["chr2"],
+        metavar="REGION",
+        help="chromosomes or regions (chr1:8000000-10000000) that choose the epoch, peak threshold and calibrations "
+        "(default: chr2)",
     )
     train.add_argument(
-        "--holdout-chroms", nargs="*", default=[], metavar="CHR", help="chromosomes left out of training"
+        "--holdout-chroms",
+        nargs="*",
+        default=[],
+        metavar="REGION",
+        help="chromosomes or regions left out of training and model choice, for evaluation",
     )
     train.add_argument(
         "--train-chroms",
         nargs="+",
         default=None,
-        metavar="CHR",
-        help="training chromosomes (default: every chromosome not used for validation or holdout)",
+        metavar="REGION",
+        help="training chromosomes or regions (default: every base not used for validation or holdout)",
     )
     train.add_argument(
         "--arch", choices=["default", "atacworks"], default="default", help="network (default: %(default)s)"
@@ -161,9 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default: %(default)s)")
     den.add_argument("--threshold", type=float, default=None, help="peak probability threshold (default: the model's)")
     den.add_argument(
-        "--merge-gap", type=int, default=50, help="merge peaks closer than this, bp (default: %(default)s)"
+        "--merge-gap", type=int, default=None, help="merge peaks closer than this, bp (default: the model's)"
     )
-    den.add_argument("--min-length", type=int, default=50, help="drop shorter peaks, bp (default: %(default)s)")
+    den.add_argument("--min-length", type=int, default=None, help="drop shorter peaks, bp (default: the model's, 50)")
+    den.add_argument("--blacklist", default=None, metavar="BED", help="drop peaks overlapping these regions")
     den.add_argument("--accelerator", default="auto", help="cpu, gpu, ... (default: %(default)s)")
     den.add_argument("--devices", type=_devices, default="auto", help="device to use (default: %(default)s)")
     den.set_defaults(func=_denoise)

@@ -54,6 +54,18 @@ def test_empty_and_missing_files(tmp_path):
         ct.io.read_narrowpeak(tmp_path / "nope.narrowPeak")
 
 
+def test_empty_peaks_round_trip(tmp_path):
+    p = tmp_path / "none.narrowPeak"
+    ct.io.write_narrowpeak(pd.DataFrame({"chrom": [], "start": [], "end": []}), p)
+    assert p.read_text() == ""
+    with pytest.warns(UserWarning, match="contains no peaks"):
+        peaks = ct.io.read_peaks(p)
+    assert len(peaks) == 0 and list(peaks.columns)[:3] == ["chrom", "start", "end"]
+    assert peaks["start"].dtype == np.int64 and "qValue" in peaks
+    with pytest.warns(UserWarning, match="contains no peaks"):
+        assert ct.metrics.peak_overlap(p, peaks)["n_predicted"] == 0
+
+
 def test_chrom_sizes_check(tmp_path):
     p = tmp_path / "a.bed"
     p.write_text("chr1\t10\t20\nchr7\t0\t5\n")

@@ -44,6 +44,21 @@ def test_peak_overlap():
     assert np.isnan(on_c2["precision"]) and on_c2["recall"] == 0 and on_c2["f1"] == 0
 
 
+def test_peak_overlap_is_one_to_one():
+    truth = pd.DataFrame({"chrom": ["c1"] * 4, "start": [0, 100, 200, 1_000], "end": [50, 150, 250, 1_100]})
+    # one wide peak spanning three true peaks, and two fragments of the fourth
+    merged = pd.DataFrame({"chrom": ["c1"] * 3, "start": [10, 1_000, 1_060], "end": [240, 1_050, 1_100]})
+    strict = ct.metrics.peak_overlap(merged, truth)
+    assert strict["n_matched"] == 2 and strict["recall"] == pytest.approx(2 / 4)
+    assert strict["precision"] == pytest.approx(2 / 3)
+    loose = ct.metrics.peak_overlap(merged, truth, one_to_one=False)
+    assert loose["recall"] == pytest.approx(4 / 4) and loose["precision"] == pytest.approx(3 / 3)
+    # the matching is maximal, not greedy: b overlaps x and y, a only x; both find a partner
+    pred = pd.DataFrame({"chrom": ["c1", "c1"], "start": [0, 40], "end": [60, 160]})
+    both = pd.DataFrame({"chrom": ["c1", "c1"], "start": [30, 120], "end": [70, 130]})
+    assert sorted(ct.metrics.match_peaks(pred, both).tolist()) == [0, 1]
+
+
 def test_peak_mask():
     peaks = pd.DataFrame({"chrom": ["c1", "c1"], "start": [5, 18], "end": [8, 30]})
     m = ct.metrics.peak_mask(peaks, "c1", 10, start=0)

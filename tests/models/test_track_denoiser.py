@@ -29,7 +29,8 @@ def test_default_net_is_binned_and_cheaper():
     aw = AtacWorksNet()
     assert net.bin_size == 16 and net.receptive_field > 1.5 * aw.receptive_field
     x = torch.rand(1, 1, 4_096)
-    track, logits = net(x)
+    track, logits, context = net(x)
+    assert context.shape == (1, 4_096) and (context >= 0).all()
     assert track.shape == (1, 4_096) and (track >= 0).all()
     with pytest.raises(ValueError, match="multiple of bin_size"):
         net(torch.rand(1, 1, 4_100))
@@ -50,9 +51,10 @@ def test_pearson_and_loss_terms(small_arch):
         "mask": torch.ones(2, 64),
         "x": torch.zeros(2, 1, 64),
     }
-    perfect = {"track": target, "logits": torch.where(target > 2.5, 20.0, -20.0)}
+    perfect = {"track": target, "context": target, "logits": torch.where(target > 2.5, 20.0, -20.0)}
     out = module.loss(tensors, perfect, perfect)
     assert float(out.extra_metrics["regression"]) < 1e-10 and abs(float(out.extra_metrics["pearson"]) - 1) < 1e-6
+    assert float(out.extra_metrics["track_mse"]) < 1e-10 and float(out.extra_metrics["log_mse"]) < 1e-10
     assert float(out.loss) < 1e-3
 
 
@@ -167,3 +169,83 @@ def test_several_pairs_and_extra_channels(tiny_tracks, tmp_path):
     m = ct.models.TrackDenoiser(setup, channels=8, dilations=(1, 2))
     m.train(max_epochs=1, accelerator="cpu", progress=False)
     assert m.spec_["n_channels"] == 2 and len(m.spec_["training_pairs"]) == 2
+
+
+def test_three_disjoint_regions(tiny_tracks):
+    setup = ct.models.TrackDenoiser.setup_tracks(
+        tiny_tracks.noisy,
+        tiny_tracks.clean,
+        tiny_tracks.peaks,
+        val_chroms=["chr1:300000-400000"],
+        holdout_chroms=["chr3"],
+        window=8_192,
+    )
+    assert setup.train_chroms == ["chr1:0-300000", "chr2"] and setup.val_chroms == ["chr1:300000-400000"]
+    assert setup.holdout_chroms == ["chr3"]
+    # jittered training windows never put loss on the validation region; validation windows stay inside theirs
+    dm = TrackDataModule(setup, pad=512, bin_size=16, batch_size=1, jitter=True)
+    torch.manual_seed(0)
+    for i in np.flatnonzero(setup.train_windows[:, 1] == 0):
+        item = dm.train_set[int(i)]
+        _, _, start, rs, re = setup.train_windows[i]
+        assert rs == 0 and re == 300_000
+        assert item["mask"].sum() <= min(8_192, 300_000 - start + 4_096)
+    val_rows = setup.val_windows
+    assert (val_rows[:, 2] >= 300_000).all() and (val_rows[:, 2] < 400_000).all()
+    last = dm.val_set[len(val_rows) - 1]
+    assert int(last["mask"].sum()) == 400_000 - int(val_rows[-1, 2])
+    with pytest.raises(ValueError, match="in both the validation and the holdout"):
+        ct.models.TrackDenoiser.setup_tracks(
+            tiny_tracks.noisy, tiny_tracks.clean, tiny_tracks.peaks, val_chroms=["chr1:0-1000"], holdout_chroms=["chr1"]
+        )
+    with pytest.raises(ValueError, match="also used for validation or holdout"):
+        ct.models.TrackDenoiser.setup_tracks(
+            tiny_tracks.noisy, tiny_tracks.clean, tiny_tracks.peaks, val_chroms=["chr2"], train_chroms=["chr2:5-10"]
+        )
+
+
+def test_choice_and_calibration_on_validation_region(tiny_model):
+    spec = tiny_model.spec_
+    assert spec["val_chroms"] == ["chr2"] and spec["holdout_chroms"] == ["chr3"] and spec["train_chroms"] == ["chr1"]
+    assert 0 < spec["peak_threshold"] < 1 and 0.3 < spec["track_scale"] < 3
+    val = spec["validation"]
+    assert val["peak_f1"] == pytest.approx(max(val["peak_f1_per_threshold_and_gap"].values()), abs=1e-4) and val["peak_f1"] > 0.3
+    assert spec["peak_merge_gap"] in (0, 50, 150, 300, 600)
+    assert val["track_mse_after_scale"] <= val["track_mse_before_scale"] + 1e-9
+    fdr = np.asarray(spec["fdr"])
+    assert fdr.shape == (101,) and (np.diff(fdr) <= 1e-12).all() and 0 <= fdr.min() <= fdr.max() <= 1
+
+
+def test_anchored_track_mixes_input_and_context(small_arch):
+    # at initialisation: log1p(track) = (log1p(noisy / mean) + log1p(context)) / 2
+    net = BinnedDilatedNet(**small_arch)
+    x = torch.log1p(torch.rand(2, 1, 1_024) * 20)
+    track, _, context = net(x)
+    z = 0.5 * x[:, 0] + 0.5 * torch.log1p(context)
+    big = z > 1.0  # above ~0.3 the softplus floor is the identity
+    assert big.float().mean() > 0.3 and torch.allclose(torch.log1p(track)[big], z[big], atol=1e-4)
+    # the track follows the per-base input: a base with more noisy coverage gets more denoised coverage
+    x2 = x.clone()
+    x2[0, 0, 500] += 2.0
+    assert net(x2)[0][0, 500] > track[0, 500] + 1
+
+
+def test_depth_scaling_none_uses_the_training_means_in_training_too(tiny_tracks, tmp_path):
+    # a second pair at twice the depth: 'none' divides both by the same (mean) numbers, as inference will
+    double = {c: 2 * ct.io.read_bigwig(tiny_tracks.noisy, c) for c in ("chr1", "chr2", "chr3")}
+    sizes = ct.io.read_chrom_sizes(tiny_tracks.noisy)
+    noisy2 = ct.io.write_bigwig(tmp_path / "double.bw", double, sizes)
+    setup = ct.models.TrackDenoiser.setup_tracks(
+        [tiny_tracks.noisy, noisy2], [tiny_tracks.clean] * 2, [tiny_tracks.peaks] * 2, val_chroms=["chr2"], window=8_192
+    )
+    p1, p2 = setup.pairs
+    assert p2.noisy_mean == pytest.approx(2 * p1.noisy_mean, rel=1e-4)
+    assert setup.scales(p1, "mean")[0] != setup.scales(p2, "mean")[0]
+    assert setup.scales(p1, "none")[0] == setup.scales(p2, "none")[0] == pytest.approx(1.5 * p1.noisy_mean)
+    model = ct.models.TrackDenoiser(setup, depth_scaling="none", channels=8, dilations=(1, 2))
+    assert model.spec_["noisy_mean"] == pytest.approx(setup.scales(p1, "none")[0])
+    assert model.spec_["clean_mean"] == pytest.approx(setup.scales(p1, "none")[1])
+    dm = TrackDataModule(setup, pad=512, bin_size=16, batch_size=1, jitter=False, depth_scaling="none")
+    n = len(setup.train_windows) // 2  # the second pair's windows follow the first's
+    a, b = dm.train_set[0]["x"], dm.train_set[n]["x"]
+    assert torch.allclose(torch.expm1(b), 2 * torch.expm1(a), rtol=1e-4, atol=1e-4)

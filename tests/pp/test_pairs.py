@@ -15,7 +15,7 @@ def pbmc(shared_data):
 
 def test_training_pair_from_fragments(pbmc, tmp_path):
     pytest.importorskip("MACS3")
-    pair = ct.pp.training_pair(pbmc, "group", "big", tmp_path, n_cells=50, progress=False)
+    pair = ct.pp.training_pair(pbmc, "group", "big", tmp_path, n_cells=50, chroms=["chr1"], progress=False)
     assert pair.n_cells_noisy == 50 and pair.n_cells_clean == 700
     noisy, clean = ct.io.read_bigwig(pair.noisy, "chr1"), ct.io.read_bigwig(pair.clean, "chr1")
     assert 5 < clean.sum() / noisy.sum() < 30  # roughly 700 / 50 cells
@@ -41,3 +41,51 @@ def test_denoise_groups_records_in_uns(pbmc, tiny_model, tmp_path):
     assert set(rec["peaks"]) == {"big", "small"}
     assert "ct_denoise" not in pbmc.mod["atac"].uns
     res.write(tmp_path / "with_peaks.h5mu")  # the record survives serialisation
+
+
+def _chain(adata, out, *, chroms=None, peaks=None, **setup_kw):
+    """fragments -> training_pair -> setup_tracks -> train -> denoise_groups, one call each."""
+    pair = ct.pp.training_pair(
+        adata, "group", "A", out / "pair", n_cells=40, peaks=peaks, chroms=chroms, progress=False
+    )
+    setup = ct.models.TrackDenoiser.setup_tracks(pair.noisy, pair.clean, pair.peaks, window=8_192, **setup_kw)
+    model = ct.models.TrackDenoiser(setup, channels=8, dilations=(1, 2, 4))
+    model.train(max_epochs=1, accelerator="cpu", progress=False)
+    ct.tl.denoise_groups(
+        adata, model, "group", out_dir=out / "denoised", n_cells=40, chroms=chroms, progress=False, accelerator="cpu"
+    )
+    return pair, model
+
+
+def test_single_cell_chain_on_simulated_fragments(tmp_path):
+    adata = ct.datasets.simulate_fragments(tmp_path / "sim", random_state=0)
+    peaks = adata.uns["simulation"]["peaks"]
+    pair, model = _chain(adata, tmp_path, peaks=peaks, val_chroms=["chr1:300000-400000"], holdout_chroms=["chr2"])
+    # one genome: both tracks, the model and every group's coverage share the sizes inferred from all cells
+    sizes = ct.io.read_chrom_sizes(pair.chrom_sizes)
+    assert ct.io.read_chrom_sizes(pair.noisy) == ct.io.read_chrom_sizes(pair.clean) == sizes
+    assert model.spec_["genome"] == sizes
+    rec = adata.uns["ct_denoise"]
+    assert rec["chrom_sizes"] == sizes and list(rec["outputs"].index) == ["A", "B"]
+    for group in ("A", "B"):
+        assert ct.io.read_chrom_sizes(rec["outputs"].loc[group, "track"]) == sizes
+    # 40 cells in, clean units out: the denoised mean is near the 300-cell clean track's, not the 40-cell input's
+    clean = ct.io.read_bigwig(pair.clean, "chr2").mean()
+    noisy = ct.io.read_bigwig(pair.noisy, "chr2").mean()
+    a_track = ct.io.read_bigwig(rec["outputs"].loc["A", "track"], "chr2").mean()
+    assert clean / noisy > 4 and 0.5 < a_track / clean < 2
+
+
+def test_single_cell_chain_on_pbmc(pbmc, tmp_path):
+    pytest.importorskip("MACS3")
+    obs = pbmc.mod["atac"].obs
+    before = obs["group"].copy()
+    obs["group"] = np.where(np.arange(pbmc.n_obs) < 700, "A", "B")
+    try:
+        # chr6 holds 10 Mb of the test set's regions: train on its start, choose on its end
+        pair, model = _chain(pbmc, tmp_path, chroms=["chr6"], val_chroms=["chr6:29000000-31600000"])
+    finally:
+        obs["group"] = before
+    rec = pbmc.mod["atac"].uns.pop("ct_denoise")
+    assert rec["chrom_sizes"] == ct.io.read_chrom_sizes(pair.chrom_sizes) == model.spec_["genome"]
+    assert rec["outputs"].loc["A", "n_cells"] == 40 and rec["outputs"]["n_peaks"].ge(0).all()

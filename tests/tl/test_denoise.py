@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pyBigWig
 import pytest
 
@@ -30,7 +31,14 @@ def test_outputs_cover_every_chromosome_to_its_end(denoised, tiny_tracks, tiny_m
     assert ((peaks["peak"] >= 0) & (peaks["peak"] < peaks["end"] - peaks["start"])).all()
     threshold = tiny_model.spec_["peak_threshold"]
     assert denoised.params["threshold"] == threshold and 0 < threshold < 1
-    assert (peaks["end"] - peaks["start"]).min() >= 50 and peaks["score"].between(1000 * threshold - 1, 1000).all()
+    assert (peaks["end"] - peaks["start"]).min() >= 50
+    # narrowPeak columns: score = 1000 x (1 - calibrated FDR), p from the summit's Poisson test, q = -log10 FDR
+    assert peaks["score"].between(0, 1000).all() and peaks["score"].nunique() > 1
+    assert (peaks["pValue"] > 0).all() and (peaks["qValue"] >= 0).all()
+    fdr = 10 ** -peaks["qValue"].to_numpy()
+    assert np.allclose(peaks["score"], np.round(1000 * (1 - fdr)), atol=1)
+    strong = peaks["signalValue"] > peaks["signalValue"].median()
+    assert peaks.loc[strong, "pValue"].mean() > peaks.loc[~strong, "pValue"].mean()
     assert denoised.n_bases == sum(sizes.values()) and denoised.bases_per_second > 0
 
 
@@ -48,6 +56,39 @@ def test_denoised_track_beats_noisy_input(denoised, tiny_tracks):
     )
     assert model["pearson"] > noisy["pearson"]
     assert model["auprc"] > 0.4 and model["peak_f1"] > 0.5
+
+
+def test_denoised_track_is_in_clean_units(denoised, tiny_tracks, tiny_model):
+    # against the noisy track times the depth ratio (the same units): lower error, and a clean-like mean
+    ratio = tiny_model.spec_["depth_ratio"]
+    noisy = ct.metrics.evaluate_denoising(
+        tiny_tracks.clean, tiny_tracks.peaks, track=tiny_tracks.noisy, chroms=["chr3"], scale_track=ratio
+    )
+    model = ct.metrics.evaluate_denoising(tiny_tracks.clean, tiny_tracks.peaks, track=denoised.track, chroms=["chr3"])
+    assert model["mse"] < noisy["mse"]
+    clean = ct.io.read_bigwig(tiny_tracks.clean, "chr3")
+    track = ct.io.read_bigwig(denoised.track, "chr3")
+    noisy_mean = ct.io.read_bigwig(tiny_tracks.noisy, "chr3").mean()
+    # the clean track is ~16x deeper than the noisy input; the denoised one is on the clean side of that
+    assert clean.mean() / noisy_mean > 10 and 0.5 < track.mean() / clean.mean() < 2
+    assert denoised.params["output_scale"] == pytest.approx(
+        ct.models._track_data.bigwig_mean(tiny_tracks.noisy) * ratio * tiny_model.spec_["track_scale"]
+    )
+
+
+def test_blacklist_and_empty_peaks_round_trip(tiny_model, tiny_tracks, denoised, tmp_path):
+    first = denoised.peak_table.iloc[0]
+    bl = tmp_path / "blacklist.bed"
+    bl.write_text(f"{first['chrom']}\t{first['start']}\t{first['start'] + 1}\n")
+    res = ct.tl.denoise(tiny_tracks.noisy, tiny_model, tmp_path / "bl", blacklist=bl, progress=False)
+    assert len(res.peak_table) == len(denoised.peak_table) - 1 and res.params["peaks_blacklisted"] == 1
+    # everything blacklisted: an empty narrowPeak, read back as an empty table with a warning
+    sizes = ct.io.read_chrom_sizes(tiny_tracks.chrom_sizes)
+    everything = pd.DataFrame({"chrom": list(sizes), "start": 0, "end": list(sizes.values())})
+    none = ct.tl.denoise(tiny_tracks.noisy, tiny_model, tmp_path / "none", blacklist=everything, progress=False)
+    assert len(none.peak_table) == 0 and none.peaks.read_text() == ""
+    with pytest.warns(UserWarning, match="contains no peaks"):
+        assert len(ct.io.read_peaks(none.peaks)) == 0
 
 
 def test_output_does_not_depend_on_window_size(tiny_model, tiny_tracks, denoised, tmp_path):

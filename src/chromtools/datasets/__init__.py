@@ -15,7 +15,7 @@ from ._real import (
 )
 from ._scatac import simulate_scatac
 from ._timecourse import TIMECOURSE_VARIANTS, module_curve, simulate_timecourse, simulate_timecourse_variant
-from ._tracks import SimulatedTracks, simulate_tracks
+from ._tracks import SimulatedTracks, simulate_fragments, simulate_tracks
 
 __all__ = [
     "TIMECOURSE_VARIANTS",
@@ -31,6 +31,7 @@ __all__ = [
     "kouno2013_thp1",
     "module_curve",
     "pbmc_multiome",
+    "simulate_fragments",
     "simulate_scatac",
     "simulate_timecourse",
     "simulate_timecourse_variant",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -235,3 +236,101 @@ def simulate_tracks(
         chrom_sizes=out / "chrom.sizes",
         planted=planted_df,
     )
+
+
+@doc_params
+def simulate_fragments(
+    out_dir: PathLike,
+    *,
+    n_cells: Mapping[str, int] | None = None,
+    chrom_sizes: PathLike | Mapping[str, int] | None = None,
+    peaks_per_mb: float = 60.0,
+    fragments_per_cell: int = 1_000,
+    frip: float = 0.5,
+    random_state: int = 0,
+):
+    """Simulate a 10x-style fragments file of cells in groups, with planted peaks, for the single-cell path.
+
+    Every cell draws about ``fragments_per_cell`` fragments (Poisson); a share ``frip`` of them
+    falls in the planted peaks (centres normal around the peak centre, peaks chosen with log-normal
+    weights shared by all groups), the rest uniformly over the genome. Fragment lengths are
+    50 bp plus an exponential of mean 150 bp. The file is sorted by chromosome and start, gzip
+    compressed (no tabix index), and its chromosomes end before the simulated sizes, as real ones do.
+
+    Parameters
+    ----------
+    out_dir
+        Folder for ``fragments.tsv.gz``, ``peaks.bed`` and ``chrom.sizes``; created if needed.
+    n_cells
+        Cells per group; default ``{{'A': 300, 'B': 100}}``.
+    chrom_sizes
+        The genome; default two chromosomes of 400 and 200 kb.
+    peaks_per_mb
+        Density of planted peaks.
+    fragments_per_cell
+        Mean fragments per cell.
+    frip
+        Share of fragments in peaks.
+    {random_state}
+
+    Returns
+    -------
+    An AnnData with one row per cell (``obs['group']``, no features) and the fragments path in
+    ``uns['files']['fragments']``; ``uns['simulation']`` holds the peaks and sizes paths.
+    """
+    import anndata as ad
+
+    n_cells = dict(n_cells) if n_cells is not None else {"A": 300, "B": 100}
+    sizes = read_chrom_sizes(chrom_sizes) if chrom_sizes is not None else {"chr1": 400_000, "chr2": 200_000}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(random_state)
+    names = list(sizes)
+    offsets = np.cumsum([0] + [sizes[c] for c in names])
+    genome = int(offsets[-1])
+    n_peaks = max(int(genome / 1e6 * peaks_per_mb), 1)
+    centres = np.sort(rng.integers(2_000, genome - 2_000, n_peaks))
+    widths = rng.integers(200, 800, n_peaks)
+    weights = rng.lognormal(0, 0.8, n_peaks)
+    weights /= weights.sum()
+    barcodes = [f"{g}_{i:04d}-1" for g, n in n_cells.items() for i in range(n)]
+    groups = [g for g, n in n_cells.items() for _ in range(n)]
+    counts = rng.poisson(fragments_per_cell, len(barcodes))
+    cell = np.repeat(np.arange(len(barcodes)), counts)
+    in_peak = rng.random(cell.size) < frip
+    k = rng.choice(n_peaks, size=cell.size, p=weights)
+    mid = np.where(in_peak, rng.normal(centres[k], widths[k] / 4), rng.integers(0, genome, cell.size))
+    length = 50 + rng.exponential(150, cell.size).astype(np.int64)
+    start = np.clip(mid - length // 2, 0, genome - 1).astype(np.int64)
+    ci = np.searchsorted(offsets, start, side="right") - 1
+    start = start - offsets[ci]
+    end = np.minimum(start + length, np.asarray([sizes[c] for c in names])[ci] - 1)
+    ok = end > start
+    order = np.lexsort((start[ok], ci[ok]))
+    frags = pd.DataFrame(
+        {
+            "chrom": np.asarray(names)[ci[ok]][order],
+            "start": start[ok][order],
+            "end": end[ok][order],
+            "barcode": np.asarray(barcodes)[cell[ok]][order],
+            "count": 1,
+        }
+    )
+    path = out / "fragments.tsv.gz"
+    with gzip.open(path, "wt") as fh:
+        frags.to_csv(fh, sep="\t", header=False, index=False)
+    pc = np.searchsorted(offsets, centres, side="right") - 1
+    peaks = pd.DataFrame(
+        {
+            "chrom": np.asarray(names)[pc],
+            "start": np.maximum(centres - offsets[pc] - widths // 2, 0),
+            "end": centres - offsets[pc] + widths // 2,
+        }
+    )
+    write_bed(peaks, out / "peaks.bed")
+    write_chrom_sizes(sizes, out / "chrom.sizes")
+    adata = ad.AnnData(obs=pd.DataFrame({"group": pd.Categorical(groups)}, index=pd.Index(barcodes)))
+    adata.uns["files"] = {"fragments": str(path)}
+    adata.uns["simulation"] = {"peaks": str(out / "peaks.bed"), "chrom_sizes": str(out / "chrom.sizes")}
+    logger.info("Simulated %d fragments of %d cells, %d peaks", len(frags), len(barcodes), n_peaks)
+    return adata

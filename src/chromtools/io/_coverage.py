@@ -142,7 +142,9 @@ def pseudobulk_coverage(
         A group with fewer cells raises an error.
     chrom_sizes
         Sizes for the bigWig headers (``.sizes`` file, bigWig or mapping). Default: inferred
-        from the fragments (the last fragment end on each chromosome).
+        from the whole fragments file, all cells together (the last cut site on each chromosome
+        plus the ``smooth`` window), so every group, and every call on the same file, gets the same
+        genome.
     chroms
         Only these chromosomes; others in the file are skipped.
     shift
@@ -165,7 +167,7 @@ def pseudobulk_coverage(
     Returns
     -------
     A DataFrame indexed by group with columns ``n_cells``, ``n_fragments``, ``n_cut_sites`` and
-    ``path``.
+    ``path``; ``.attrs['chrom_sizes']`` holds the chromosome sizes written in the bigWig headers.
     """
     adata = get_modality(data, mod)
     frag_path = Path(fragments) if fragments is not None else fragments_path(data, mod=mod)
@@ -198,7 +200,7 @@ def pseudobulk_coverage(
     n_frag = np.zeros(len(names), np.int64)
     n_cuts = np.zeros(len(names), np.int64)
     seen: list[str] = []
-    inferred: dict[str, int] = {}
+    last_cut: dict[str, int] = {}
     current: str | None = None
     buf_cuts: list[np.ndarray] = []
     buf_group: list[np.ndarray] = []
@@ -214,8 +216,7 @@ def pseudobulk_coverage(
                 return
             cuts = np.concatenate(buf_cuts) if buf_cuts else np.zeros(0, np.int64)
             grp = np.concatenate(buf_group) if buf_group else np.zeros(0, np.int64)
-            size = sizes[current] if sizes is not None else int(cuts.max(initial=0)) + max(smooth, 1)
-            inferred[current] = size
+            size = sizes[current] if sizes is not None else inferred_size(current)
             order = np.argsort(grp, kind="stable")
             bounds = np.searchsorted(grp[order], np.arange(len(names) + 1))
             for g in range(len(names)):
@@ -225,9 +226,20 @@ def pseudobulk_coverage(
             buf_cuts.clear()
             buf_group.clear()
 
+        def inferred_size(chrom: str) -> int:
+            # one source for every group: the last cut site of any cell of the file, plus the smoothing window
+            return int(last_cut[chrom]) + max(smooth, 1)
+
         bar = tqdm(desc="fragments", unit="frag", unit_scale=True, disable=not progress)
         for chunk in iter_fragments(frag_path, chunksize=chunksize):
             bar.update(len(chunk))
+            if sizes is None:
+                hi = np.maximum(chunk["start"].to_numpy() + shift[0], chunk["end"].to_numpy() - 1 + shift[1])
+                codes_all, uniq_all = pd.factorize(chunk["chrom"].to_numpy(), sort=False)
+                top = np.full(len(uniq_all), -1, np.int64)
+                np.maximum.at(top, codes_all, hi)
+                for chrom, v in zip(uniq_all, top, strict=True):
+                    last_cut[chrom] = max(last_cut.get(chrom, -1), int(v))
             pos = barcode_index.get_indexer(chunk["barcode"])
             sel = pos >= 0
             if not sel.any():
@@ -262,7 +274,7 @@ def pseudobulk_coverage(
         flush()
         bar.close()
 
-        header = sizes if sizes is not None else inferred
+        header = sizes if sizes is not None else {c: inferred_size(c) for c in last_cut}
         if keep_chroms is not None:
             header = {c: s for c, s in header.items() if c in keep_chroms}
         if not seen:
@@ -292,4 +304,6 @@ def pseudobulk_coverage(
                     "path": str(path),
                 }
             )
-    return pd.DataFrame(rows).set_index("group")
+    table = pd.DataFrame(rows).set_index("group")
+    table.attrs["chrom_sizes"] = {str(c): int(v) for c, v in header.items()}
+    return table

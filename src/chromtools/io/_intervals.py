@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import logging
+import warnings
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -194,14 +195,28 @@ def read_bedgraph(path: PathLike, *, chrom_sizes: PathLike | Mapping[str, int] |
     return df
 
 
+def empty_peaks() -> pd.DataFrame:
+    """An empty peak table with the narrowPeak columns and their types."""
+    types = {"chrom": str, "start": np.int64, "end": np.int64, "name": str, "score": np.int64, "strand": str}
+    types.update({"signalValue": np.float64, "pValue": np.float64, "qValue": np.float64, "peak": np.int64})
+    return pd.DataFrame({c: pd.Series(dtype=types[c]) for c in NARROWPEAK_COLUMNS})
+
+
 def read_peaks(path: PathLike, *, chrom_sizes: PathLike | Mapping[str, int] | None = None) -> pd.DataFrame:
-    """Read peaks from a narrowPeak or BED file, telling them apart by the number of columns."""
+    """Read peaks from a narrowPeak or BED file, telling them apart by the number of columns.
+
+    A file without any peak (a peak caller that found none writes one) is a valid answer: it
+    gives an empty table with the narrowPeak columns, and a warning.
+    """
     path = Path(path)
     if not path.exists():
         msg = f"Peaks file '{path}' does not exist."
         raise FileNotFoundError(msg)
     with _open_text(path) as fh:
         first = next((line for line in fh if line.strip() and not line.startswith(_HEADER_PREFIXES)), "")
+    if not first:
+        warnings.warn(f"Peaks file '{path}' contains no peaks; returning an empty table.", UserWarning, stacklevel=2)
+        return empty_peaks()
     if len(first.rstrip("\n").split("\t")) == 10:
         return read_narrowpeak(path, chrom_sizes=chrom_sizes)
     return read_bed(path, chrom_sizes=chrom_sizes)

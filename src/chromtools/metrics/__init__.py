@@ -8,7 +8,14 @@ from ._labels import (
     unknown_detection_auroc,
 )
 from ._scib import scib_scores
-from ._tracks import evaluate_denoising, peak_classification, peak_mask, peak_overlap, track_correlation
+from ._tracks import (
+    evaluate_denoising,
+    match_peaks,
+    peak_classification,
+    peak_mask,
+    peak_overlap,
+    track_correlation,
+)
 
 __all__ = [
     "accuracy",
@@ -16,6 +23,7 @@ __all__ = [
     "evaluate_denoising",
     "label_transfer_scores",
     "macro_f1",
+    "match_peaks",
     "peak_classification",
     "peak_mask",
     "peak_overlap",

@@ -95,28 +95,67 @@ def peak_classification(scores: np.ndarray, labels: np.ndarray, *, threshold: fl
     return out
 
 
-def _overlaps(a: pd.DataFrame, b: pd.DataFrame) -> np.ndarray:
-    """For each interval of ``a``, whether it overlaps any interval of ``b`` (same chromosome)."""
-    hit = np.zeros(len(a), bool)
-    for chrom, ai in a.groupby("chrom", sort=False, observed=True).groups.items():
-        bb = b.loc[b["chrom"] == chrom].sort_values("start")
-        if bb.empty:
-            continue
-        bs, be = bb["start"].to_numpy(), np.maximum.accumulate(bb["end"].to_numpy())
-        aa = a.loc[ai]
-        # the last b starting before a's end; overlap if its running max end passes a's start
-        k = np.searchsorted(bs, aa["end"].to_numpy(), side="left") - 1
-        ok = k >= 0
-        hit_chrom = np.zeros(len(aa), bool)
-        hit_chrom[ok] = be[k[ok]] > aa["start"].to_numpy()[ok]
-        hit[a.index.get_indexer(ai)] = hit_chrom
-    return hit
+def _overlap_pairs(a: pd.DataFrame, b: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) of intervals ``a.iloc[i]`` and ``b.iloc[j]`` that overlap by >= 1 bp."""
+    rows, cols = [], []
+    a_chrom, b_chrom = a["chrom"].astype(str).to_numpy(), b["chrom"].astype(str).to_numpy()
+    for chrom in np.intersect1d(a_chrom, b_chrom):
+        ai, bi = np.flatnonzero(a_chrom == chrom), np.flatnonzero(b_chrom == chrom)
+        bi = bi[np.argsort(b["start"].to_numpy()[bi], kind="stable")]
+        bs, be = b["start"].to_numpy()[bi], b["end"].to_numpy()[bi]
+        longest = int((be - bs).max())
+        for i in ai:
+            s, e = a["start"].iat[i], a["end"].iat[i]
+            # candidates start before a's end and no earlier than a's start minus the longest b
+            lo = np.searchsorted(bs, s - longest, side="left")
+            hi = np.searchsorted(bs, e, side="left")
+            hit = bi[lo:hi][be[lo:hi] > s]
+            rows.extend([i] * hit.size)
+            cols.extend(hit.tolist())
+    return np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+
+
+def match_peaks(predicted: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """Match predicted peaks to true peaks one to one, as many as possible.
+
+    Two peaks can match when they overlap by at least 1 bp; the matching is a maximum bipartite
+    matching of that overlap graph (:func:`scipy.sparse.csgraph.maximum_bipartite_matching`).
+
+    Parameters
+    ----------
+    predicted, truth
+        Peak tables with chrom/start/end columns.
+
+    Returns
+    -------
+    For each predicted peak (in row order), the row position of its matched true peak, or -1.
+    """
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    if not len(predicted) or not len(truth):
+        return np.full(len(predicted), -1, np.int64)
+    rows, cols = _overlap_pairs(predicted.reset_index(drop=True), truth.reset_index(drop=True))
+    if not rows.size:
+        return np.full(len(predicted), -1, np.int64)
+    graph = csr_matrix((np.ones(rows.size), (rows, cols)), shape=(len(predicted), len(truth)))
+    return np.asarray(maximum_bipartite_matching(graph, perm_type="column"), np.int64)
 
 
 def peak_overlap(
-    predicted: pd.DataFrame | PathLike, truth: pd.DataFrame | PathLike, *, chroms: Sequence[str] | None = None
+    predicted: pd.DataFrame | PathLike,
+    truth: pd.DataFrame | PathLike,
+    *,
+    chroms: Sequence[str] | None = None,
+    one_to_one: bool = True,
 ) -> dict[str, float]:
-    """Peak-level precision, recall and F1: a peak counts as found if it overlaps the other set by >= 1 bp.
+    """Peak-level precision, recall and F1 of predicted peaks against true peaks.
+
+    Two peaks can match when they overlap by at least 1 bp. With ``one_to_one=True`` (default)
+    each peak is used at most once: the matches are a maximum bipartite matching of the overlap
+    graph (:func:`scipy.sparse.csgraph.maximum_bipartite_matching`), so one wide predicted peak that
+    spans three true peaks finds one of them, not three, and three fragments of one true peak count
+    once. ``one_to_one=False`` counts any overlap, both ways (the looser, older definition).
 
     Parameters
     ----------
@@ -124,11 +163,13 @@ def peak_overlap(
         Peak tables (chrom/start/end) or BED/narrowPeak files.
     chroms
         Only peaks on these chromosomes.
+    one_to_one
+        Match peaks one to one (see above).
 
     Returns
     -------
-    ``precision`` (share of predicted peaks overlapping a true peak), ``recall`` (share of true
-    peaks overlapped by a prediction), ``f1``, and the peak counts.
+    ``precision`` (share of predicted peaks matched to a true peak), ``recall`` (share of true
+    peaks matched), ``f1``, ``n_matched`` and the peak counts.
     """
     pred = predicted if isinstance(predicted, pd.DataFrame) else read_peaks(predicted)
     true = truth if isinstance(truth, pd.DataFrame) else read_peaks(truth)
@@ -137,10 +178,22 @@ def peak_overlap(
         true = true.loc[true["chrom"].isin(chroms)]
     pred = pred.reset_index(drop=True)
     true = true.reset_index(drop=True)
-    precision = float(_overlaps(pred, true).mean()) if len(pred) else float("nan")
-    recall = float(_overlaps(true, pred).mean()) if len(true) else float("nan")
+    if one_to_one:
+        n_pred_hit = n_true_hit = int(np.sum(match_peaks(pred, true) >= 0))
+    else:
+        rows, cols = _overlap_pairs(pred, true) if len(pred) and len(true) else (np.zeros(0, int), np.zeros(0, int))
+        n_pred_hit, n_true_hit = np.unique(rows).size, np.unique(cols).size
+    precision = n_pred_hit / len(pred) if len(pred) else float("nan")
+    recall = n_true_hit / len(true) if len(true) else float("nan")
     f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "n_predicted": len(pred), "n_true": len(true)}
+    return {
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "n_matched": int(n_pred_hit if one_to_one else min(n_pred_hit, n_true_hit)),
+        "n_predicted": len(pred),
+        "n_true": len(true),
+    }
 
 
 def peak_mask(peaks: pd.DataFrame | PathLike, chrom: str, size: int, start: int = 0) -> np.ndarray:

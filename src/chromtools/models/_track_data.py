@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
 from chromtools._utils import PathLike
-from chromtools.io import BigWigReader, check_chrom_sizes, read_chrom_sizes, read_peaks
+from chromtools.io import BigWigReader, check_chrom_sizes, parse_region, read_chrom_sizes, read_peaks
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +67,18 @@ class PeakMask:
             out[max(s, start) - start : min(e, end) - start] = 1.0
         return out
 
-    def count(self, chroms: Sequence[str]) -> int:
-        """Number of labelled peaks on ``chroms``."""
-        return sum(self._by_chrom[c][0].size for c in chroms if c in self._by_chrom)
+    def count(self, regions: Sequence[str]) -> int:
+        """Number of labelled peaks overlapping ``regions`` (chromosomes or ``'chr1:100-200'`` strings)."""
+        n = 0
+        for chrom, start, end in (parse_region(r) for r in regions):
+            if chrom not in self._by_chrom:
+                continue
+            starts, ends = self._by_chrom[chrom]
+            if start is None:
+                n += starts.size
+            else:
+                n += int(np.sum((ends > start) & (starts < end)))
+        return n
 
 
 @dataclass
@@ -117,10 +126,10 @@ class TrackSetup:
 
     pairs: list[TrackPair]
     window: int
-    train_chroms: list[str]
+    train_chroms: list[str]  # regions, 'chr1' or 'chr1:0-8000000'
     val_chroms: list[str]
     holdout_chroms: list[str]
-    train_windows: np.ndarray  # rows: pair index, chromosome index, start
+    train_windows: np.ndarray  # rows: pair index, chromosome index, start, region start, region end
     val_windows: np.ndarray
     chrom_names: list[str]
     skip_empty: bool
@@ -129,6 +138,21 @@ class TrackSetup:
     @property
     def n_channels(self) -> int:
         return 1 + len(self.pairs[0].extra)
+
+    def scales(self, pair: TrackPair, depth_scaling: str = "mean") -> tuple[float, float, tuple[float, ...]]:
+        """Divisors of the noisy, clean and extra tracks of ``pair``.
+
+        ``'mean'`` depth scaling divides each track by its own mean coverage; ``'none'`` divides every
+        pair by the means averaged over all training pairs, which is what inference does with it.
+        """
+        if depth_scaling == "mean":
+            return pair.noisy_mean, pair.clean_mean, pair.extra_means
+        extra = tuple(float(np.mean(m)) for m in zip(*[p.extra_means for p in self.pairs], strict=True))
+        return (
+            float(np.mean([p.noisy_mean for p in self.pairs])),
+            float(np.mean([p.clean_mean for p in self.pairs])),
+            extra,
+        )
 
     @property
     def genome(self) -> dict[str, int]:
@@ -143,12 +167,12 @@ class TrackSetup:
         for name, chroms, wins in (
             ("train", self.train_chroms, self.train_windows),
             ("validation", self.val_chroms, self.val_windows),
-            ("holdout", self.holdout_chroms, np.zeros((0, 3), np.int64)),
+            ("holdout", self.holdout_chroms, np.zeros((0, 5), np.int64)),
         ):
             rows.append(
                 {
                     "split": name,
-                    "chromosomes": ",".join(chroms),
+                    "regions": ",".join(chroms),
                     "windows": len(wins),
                     "peaks": sum(p.labels.count(chroms) for p in self.pairs),
                 }
@@ -236,70 +260,129 @@ def make_setup(
     genome: dict[str, int] = {}
     for p in pairs:
         genome.update(p.chrom_sizes)
-    val_chroms, holdout_chroms = list(val_chroms), list(holdout_chroms)
-    for chrom in val_chroms + holdout_chroms:
-        if chrom not in genome:
-            msg = (
-                f"Validation/holdout chromosome '{chrom}' is not in the tracks' chromosome sizes ({list(genome)[:10]})."
-            )
-            raise KeyError(msg)
-    if set(val_chroms) & set(holdout_chroms):
-        msg = "A chromosome cannot be both a validation and a holdout chromosome."
-        raise ValueError(msg)
-    if train_chroms is None:
-        train_chroms = [c for c in genome if c not in val_chroms and c not in holdout_chroms]
-    else:
-        train_chroms = list(train_chroms)
-        bad = [c for c in train_chroms if c not in genome or c in val_chroms or c in holdout_chroms]
-        if bad:
-            msg = f"train_chroms {bad} are unknown or also used for validation/holdout."
-            raise ValueError(msg)
-    if not train_chroms:
-        msg = "No chromosome is left for training; give fewer val_chroms/holdout_chroms."
-        raise ValueError(msg)
-    if not val_chroms:
-        msg = "Give at least one validation chromosome (val_chroms=[...]): it chooses the best model."
-        raise ValueError(msg)
-
+    train, val, holdout = split_regions(genome, train_chroms, val_chroms, holdout_chroms)
     names = list(genome)
     index = {c: i for i, c in enumerate(names)}
 
-    def windows_for(chroms: list[str]) -> np.ndarray:
+    def windows_for(regions: list[tuple[str, int, int]]) -> np.ndarray:
         rows = []
         for pi, pair in enumerate(pairs):
             with BigWigReader(pair.noisy) as bw:
-                for chrom in chroms:
+                for chrom, lo, hi in regions:
                     if chrom not in pair.chrom_sizes:
                         continue
-                    for start in tile(pair.chrom_sizes[chrom], window):
+                    for start in range(lo, hi, window):
                         if skip_empty:
-                            end = min(start + window, pair.chrom_sizes[chrom])
-                            s, _, v = bw.intervals(chrom, int(start), int(end))
+                            s, _, v = bw.intervals(chrom, int(start), int(min(start + window, hi)))
                             if s.size == 0 or not np.any(v != 0):
                                 continue
-                        rows.append((pi, index[chrom], start))
-        return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+                        rows.append((pi, index[chrom], start, lo, hi))
+        return np.asarray(rows, dtype=np.int64).reshape(-1, 5)
 
-    train = windows_for(train_chroms)
-    val = windows_for(val_chroms)
-    if len(train) == 0:
-        msg = f"No non-empty training window on {train_chroms}; the noisy tracks hold no coverage there."
+    train_windows = windows_for(train)
+    val_windows = windows_for(val)
+    if len(train_windows) == 0:
+        msg = f"No non-empty training window in {format_regions(train)}; the noisy tracks hold no coverage there."
         raise ValueError(msg)
-    if len(val) == 0:
-        msg = f"No non-empty validation window on {val_chroms}; pick validation chromosomes with coverage."
+    if len(val_windows) == 0:
+        msg = f"No non-empty validation window in {format_regions(val)}; pick validation regions with coverage."
         raise ValueError(msg)
     return TrackSetup(
         pairs=pairs,
         window=window,
-        train_chroms=train_chroms,
-        val_chroms=val_chroms,
-        holdout_chroms=holdout_chroms,
-        train_windows=train,
-        val_windows=val,
+        train_chroms=format_regions(train, genome),
+        val_chroms=format_regions(val, genome),
+        holdout_chroms=format_regions(holdout, genome),
+        train_windows=train_windows,
+        val_windows=val_windows,
         chrom_names=names,
         skip_empty=skip_empty,
         smooth=smooth,
     )
+
+
+Interval = tuple[str, int, int]
+
+
+def _resolve(regions: Sequence[str], genome: dict[str, int], what: str) -> list[Interval]:
+    """Parse chromosome / ``'chr1:100-200'`` strings into intervals clipped to the genome."""
+    out = []
+    for r in regions:
+        chrom, start, end = parse_region(r)
+        if chrom not in genome:
+            msg = f"{what} region {r!r}: chromosome '{chrom}' is not in the tracks' chromosome sizes ({list(genome)[:10]})."
+            raise KeyError(msg)
+        start, end = (0, genome[chrom]) if start is None else (start, min(end, genome[chrom]))
+        if start >= end:
+            msg = f"{what} region {r!r} lies past the end of {chrom} ({genome[chrom]:,} bp)."
+            raise ValueError(msg)
+        out.append((chrom, int(start), int(end)))
+    return sorted(out, key=lambda t: (list(genome).index(t[0]), t[1]))
+
+
+def _overlap(a: list[Interval], b: list[Interval]) -> Interval | None:
+    for c, s, e in a:
+        for c2, s2, e2 in b:
+            if c == c2 and s < e2 and s2 < e:
+                return (c, max(s, s2), min(e, e2))
+    return None
+
+
+def _subtract(genome: dict[str, int], used: list[Interval]) -> list[Interval]:
+    """The parts of the genome not covered by ``used``."""
+    out = []
+    for chrom, size in genome.items():
+        pos = 0
+        for _, s, e in sorted(u for u in used if u[0] == chrom):
+            if s > pos:
+                out.append((chrom, pos, s))
+            pos = max(pos, e)
+        if pos < size:
+            out.append((chrom, pos, size))
+    return out
+
+
+def format_regions(regions: list[Interval], genome: dict[str, int] | None = None) -> list[str]:
+    """``['chr1:0-8000000', 'chr2']``-style strings (a whole chromosome is written by its name when known)."""
+    return [c if genome is not None and s == 0 and e == genome.get(c) else f"{c}:{s}-{e}" for c, s, e in regions]
+
+
+def split_regions(
+    genome: dict[str, int],
+    train: Sequence[str] | None,
+    val: Sequence[str],
+    holdout: Sequence[str],
+) -> tuple[list[Interval], list[Interval], list[Interval]]:
+    """Three disjoint sets of genomic intervals: training, validation (model choice) and holdout.
+
+    Each is a list of chromosomes or ``'chr1:8000000-10000000'`` regions; training defaults to
+    every base that is neither validation nor holdout.
+    """
+    val_r = _resolve(val, genome, "Validation")
+    hold_r = _resolve(holdout, genome, "Holdout")
+    if not val_r:
+        msg = "Give at least one validation chromosome or region (val_chroms=[...]): it chooses the best model."
+        raise ValueError(msg)
+    for (a_name, a), (b_name, b) in ((("validation", val_r), ("holdout", hold_r)),):
+        clash = _overlap(a, b)
+        if clash:
+            msg = f"{clash[0]}:{clash[1]}-{clash[2]} is in both the {a_name} and the {b_name} regions; make them disjoint."
+            raise ValueError(msg)
+    if train is None:
+        train_r = _subtract(genome, val_r + hold_r)
+    else:
+        train_r = _resolve(train, genome, "Training")
+        clash = _overlap(train_r, val_r + hold_r)
+        if clash:
+            msg = (
+                f"Training region {clash[0]}:{clash[1]}-{clash[2]} is also used for validation or holdout; "
+                "the three splits must be disjoint."
+            )
+            raise ValueError(msg)
+    if not train_r:
+        msg = "No region is left for training; give fewer or smaller val_chroms/holdout_chroms."
+        raise ValueError(msg)
+    return train_r, val_r, hold_r
 
 
 class TrackWindows(Dataset):
@@ -311,8 +394,18 @@ class TrackWindows(Dataset):
     equally valid example.
     """
 
-    def __init__(self, setup: TrackSetup, windows: np.ndarray, *, pad: int, bin_size: int, jitter: bool):
+    def __init__(
+        self,
+        setup: TrackSetup,
+        windows: np.ndarray,
+        *,
+        pad: int,
+        bin_size: int,
+        jitter: bool,
+        depth_scaling: str = "mean",
+    ):
         self.setup = setup
+        self.depth_scaling = depth_scaling
         self.windows = windows
         self.pad = pad
         self.bin_size = bin_size
@@ -329,7 +422,7 @@ class TrackWindows(Dataset):
         return self._readers[path]
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        pi, ci, start = (int(v) for v in self.windows[i])
+        pi, ci, start, region_start, region_end = (int(v) for v in self.windows[i])
         pair = self.setup.pairs[pi]
         chrom = self.setup.chrom_names[ci]
         window = self.setup.window
@@ -337,18 +430,19 @@ class TrackWindows(Dataset):
             n_steps = max(window // (2 * self.bin_size), 1)
             start += int(torch.randint(-n_steps, n_steps + 1, (1,))) * self.bin_size
         lo, hi = start - self.pad, start + window + self.pad
-        size = pair.chrom_sizes[chrom]
+        noisy_scale, clean_scale, extra_scales = self.setup.scales(pair, self.depth_scaling)
         channels = [
             input_transform(
-                _smooth(read_window(self._reader(pair.noisy), chrom, lo, hi), self.setup.smooth), pair.noisy_mean
+                _smooth(read_window(self._reader(pair.noisy), chrom, lo, hi), self.setup.smooth), noisy_scale
             )
         ]
-        for path, mean in zip(pair.extra, pair.extra_means, strict=True):
-            channels.append(input_transform(read_window(self._reader(path), chrom, lo, hi), mean))
-        target = read_window(self._reader(pair.clean), chrom, lo, hi) / pair.clean_mean
+        for path, scale in zip(pair.extra, extra_scales, strict=True):
+            channels.append(input_transform(read_window(self._reader(path), chrom, lo, hi), scale))
+        target = read_window(self._reader(pair.clean), chrom, lo, hi) / clean_scale
         peaks = pair.labels.paint(chrom, lo, hi)
         pos = np.arange(lo, hi)
-        mask = ((pos >= max(start, 0)) & (pos < min(start + window, size))).astype(np.float32)
+        # only the window's bases inside its own split region count, so jitter never trains on another split
+        mask = ((pos >= max(start, region_start)) & (pos < min(start + window, region_end))).astype(np.float32)
         x = np.stack(channels)
         target = target.astype(np.float32)
         if self.jitter and bool(torch.rand(1) < 0.5):
@@ -364,14 +458,24 @@ class TrackWindows(Dataset):
 class TrackDataModule(LightningDataModule):
     """Lightning data module over a :class:`TrackSetup` (training windows jittered, validation fixed)."""
 
-    def __init__(self, setup: TrackSetup, *, pad: int, bin_size: int, batch_size: int = 8, jitter: bool = True):
+    def __init__(
+        self,
+        setup: TrackSetup,
+        *,
+        pad: int,
+        bin_size: int,
+        batch_size: int = 8,
+        jitter: bool = True,
+        depth_scaling: str = "mean",
+    ):
         super().__init__()
         if setup.window % bin_size or pad % bin_size:
             msg = f"window ({setup.window}) and pad ({pad}) must be multiples of the model's bin size ({bin_size})."
             raise ValueError(msg)
         self.setup_ = setup
-        self.train_set = TrackWindows(setup, setup.train_windows, pad=pad, bin_size=bin_size, jitter=jitter)
-        self.val_set = TrackWindows(setup, setup.val_windows, pad=pad, bin_size=bin_size, jitter=False)
+        kw = {"pad": pad, "bin_size": bin_size, "depth_scaling": depth_scaling}
+        self.train_set = TrackWindows(setup, setup.train_windows, jitter=jitter, **kw)
+        self.val_set = TrackWindows(setup, setup.val_windows, jitter=False, **kw)
         self.batch_size = batch_size
         self.n_obs = len(self.train_set)
         self.n_train = len(self.train_set)

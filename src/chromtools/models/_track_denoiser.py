@@ -25,7 +25,7 @@ from chromtools.models._track_module import AUPRC_METRIC, TrackDenoiserModule, T
 logger = logging.getLogger(__name__)
 
 #: Version of the preprocessing spec layout; a saved model with another version is refused.
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 
 def _registry(n_channels: int, channel_names: list[str], window: int) -> dict:
@@ -58,8 +58,13 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
     probability that the base lies in a peak. Training pairs come from
     :meth:`setup_tracks`; genome-wide inference is :func:`chromtools.tl.denoise`.
 
-    The preprocessing spec (window, padding, bin size, smoothing, depth scaling, the training
-    genome) travels with the model through :meth:`save`/:meth:`load` and is checked at inference.
+    The denoised track is in clean-track units: the network predicts coverage divided by its mean,
+    and inference multiplies it back by the clean depth expected for the input (its mean coverage
+    times the clean/noisy depth ratio of the training pairs, ``spec['depth_ratio']``) and by the
+    scale fitted on the validation region (``spec['track_scale']``). The preprocessing spec
+    (window, padding, bin size, smoothing, depth scaling, splits, threshold and calibrations, the
+    training genome) travels with the model through :meth:`save`/:meth:`load` and is checked at
+    inference.
 
     Parameters
     ----------
@@ -69,20 +74,30 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         Used by :meth:`load`; leave it out.
     arch
         ``'default'``: chromtools' binned dilated ResNet (computes on 16-bp bins with a 16-kb
-        receptive field, decodes back to single bases). ``'atacworks'``: the published AtacWorks
+        receptive field, decodes back to single bases), whose track is a learned per-base mix of the
+        depth-scaled noisy input and the network's context estimate (``anchor=True``). ``'atacworks'``: the published AtacWorks
         ResNet (5 residual blocks of 3 convolutions, kernel 51, dilation 8, 15 channels, and a
         2-block peak head on the denoised track), for comparison.
     pad
         Context (bp) read on each side of a window; default half the receptive field, rounded up to
         the bin size, which makes predictions independent of where windows are cut.
     regression_loss
-        ``'mse'`` (on depth-normalised coverage), ``'mse_log'`` (on its log1p) or ``'poisson'``.
-    regression_weight, pearson_weight, peak_weight
-        Weights of the regression, ``1 - Pearson r`` and peak BCE terms.
+        AtacWorks' regression term on depth-normalised coverage: ``'mse'``, ``'mse_log'`` (on
+        log1p) or ``'poisson'`` negative log-likelihood.
+    regression_weight, pearson_weight
+        Weights of AtacWorks' regression and ``1 - Pearson r`` terms, on the network's own estimate
+        (for the default network, its context estimate; see :class:`~chromtools.models.TrackDenoiser`'s
+        ``arch``).
+    track_weight, log_weight
+        Weights of the squared errors of the written track, linear and of log1p: they keep it on
+        the clean scale (``1 - r`` alone is blind to scale).
+    peak_weight
+        Weight of the peak BCE.
     depth_scaling
-        ``'mean'``: every input track is divided by its own mean coverage, so a model applies to
-        samples of other depths and its output is on the training clean/noisy depth ratio;
-        ``'none'``: absolute values, scaled by the training means.
+        ``'mean'``: every input track is divided by its own mean coverage (in training and in
+        inference), so a model applies to samples of other depths and its output is scaled by the
+        training clean/noisy depth ratio; ``'none'``: every track is divided by the mean of the
+        training tracks (the same numbers in training and inference), so absolute depth matters.
     random_state
         Seed of the network's initial weights (drawn from a private generator state, so the global
         torch random state is untouched); ``None`` draws from the global state.
@@ -91,7 +106,9 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
 
     Examples
     --------
-    >>> data = ct.models.TrackDenoiser.setup_tracks("noisy.bw", "clean.bw", "peaks.bed", val_chroms=["chr2"])
+    >>> data = ct.models.TrackDenoiser.setup_tracks(
+    ...     "noisy.bw", "clean.bw", "peaks.bed", val_chroms=["chr1:8000000-10000000"], holdout_chroms=["chr2"]
+    ... )
     >>> model = ct.models.TrackDenoiser(data)
     >>> model.train(max_epochs=20)
     >>> ct.tl.denoise("other_noisy.bw", model, "out/sample")
@@ -109,6 +126,8 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         pad: int | None = None,
         regression_loss: Literal["mse", "mse_log", "poisson"] = "mse",
         regression_weight: float = 0.05,
+        track_weight: float = 1.0,
+        log_weight: float = 1.0,
         pearson_weight: float = 1.0,
         peak_weight: float = 3.0,
         depth_scaling: Literal["mean", "none"] = "mean",
@@ -134,6 +153,8 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
                 arch,
                 regression_loss=regression_loss,
                 regression_weight=regression_weight,
+                track_weight=track_weight,
+                log_weight=log_weight,
                 pearson_weight=pearson_weight,
                 peak_weight=peak_weight,
                 **arch_kwargs,
@@ -161,6 +182,8 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             "bin_size": bin_size,
             "receptive_field": int(net.receptive_field),
             "depth_scaling": depth_scaling,
+            "peak_merge_gap": 50,
+            "peak_min_length": 50,
         }
         if setup is not None:
             self.spec_.update(
@@ -217,11 +240,17 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             A low-coverage bigWig, the matching high-coverage bigWig and the clean peaks
             (BED or narrowPeak) — or lists of them for several training pairs at once.
         val_chroms
-            Chromosomes that choose the best model (per-base AUPRC of peak calls).
+            Chromosomes or regions (``'chr1:8000000-10000000'``) that choose the model: the best
+            epoch (per-base AUPRC of peak calls), the peak threshold, the track scale and the FDR
+            calibration.
         holdout_chroms
-            Chromosomes kept out of training and validation, for your own evaluation.
+            Chromosomes or regions kept out of training and model choice, for your own evaluation
+            (recorded in the spec so that it is known which region is still unseen).
         train_chroms
-            Training chromosomes; default every other chromosome of the tracks.
+            Training chromosomes or regions; default every base not in ``val_chroms`` or
+            ``holdout_chroms`` (e.g. the rest of chr1 when validation is ``'chr1:8000000-10000000'``).
+            The three splits must be disjoint; a training window's context padding may read the
+            noisy input across a split boundary, its loss never does.
         extra
             For each pair, a list of extra input bigWigs (same genome), fed as further channels.
         window
@@ -285,6 +314,9 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
     ) -> None:
         """Train on the windows of :meth:`setup_tracks`, keeping the epoch with the best validation AUPRC.
 
+        After training, the validation region also chooses the peak threshold (best one-to-one
+        peak-level F1), the track scale and the FDR calibration of peak q-values (see ``spec``).
+
         Parameters
         ----------
         max_epochs
@@ -317,7 +349,12 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         quiet_lightning()
         scvi.settings.seed = random_state
         datamodule = TrackDataModule(
-            self._setup, pad=self.spec_["pad"], bin_size=self.spec_["bin_size"], batch_size=batch_size, jitter=jitter
+            self._setup,
+            pad=self.spec_["pad"],
+            bin_size=self.spec_["bin_size"],
+            batch_size=batch_size,
+            jitter=jitter,
+            depth_scaling=self.spec_["depth_scaling"],
         )
         has_peaks = sum(p.labels.count(self._setup.val_chroms) for p in self._setup.pairs) > 0
         if has_peaks:
@@ -361,40 +398,124 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             self.best_score_ = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
         self.spec_["monitor"] = monitor
         self.module.eval()
-        self._calibrate_threshold(datamodule)
+        self._choose_on_validation(batch_size)
 
     @torch.inference_mode()
-    def _calibrate_threshold(self, datamodule: TrackDataModule, stride: int = 4) -> None:
-        """Store the probability threshold that maximises per-base F1 of peak calls on the training windows.
+    def _choose_on_validation(self, batch_size: int) -> None:
+        """Fit the track scale, the peak threshold and the FDR calibration on the validation region.
 
-        BCE on rare positives (a few % of bases) gives conservative probabilities, so 0.5 is rarely
-        the best cut. The training chromosomes are used, not the validation ones, so the threshold
-        does not see the data the model is chosen and judged on.
+        The validation windows are read in genome order and stitched back into their regions, so
+        peaks are called exactly as :func:`chromtools.tl.denoise` calls them. Stored in the spec:
+
+        - ``track_scale``: the factor that minimises the squared error of the denoised track;
+        - ``peak_threshold``, ``peak_merge_gap``: the probability cut and merge gap with the best
+          one-to-one peak-level F1;
+        - ``fdr_grid``/``fdr``: the share of validation peaks (at that cut) matching no true peak,
+          as a function of a peak's highest probability (it gives the narrowPeak q-values).
+
+        The training windows fit the weights and the validation windows choose these few numbers
+        (and the epoch); neither sees the holdout region.
         """
-        from torch.utils.data import DataLoader
+        import pandas as pd
 
-        from chromtools.models._track_data import MASK_KEY, PEAKS_KEY, X_KEY, TrackWindows
+        from chromtools.metrics import match_peaks
+        from chromtools.models._track_data import MASK_KEY, TARGET_KEY, X_KEY, TrackWindows
+        from chromtools.models._track_peaks import PeakStream, fdr_curve
 
+        setup, spec = self._setup, self.spec_
+        pad = spec["pad"]
         windows = TrackWindows(
-            self._setup, self._setup.train_windows, pad=self.spec_["pad"], bin_size=self.spec_["bin_size"], jitter=False
+            setup,
+            setup.val_windows,
+            pad=pad,
+            bin_size=spec["bin_size"],
+            jitter=False,
+            depth_scaling=spec["depth_scaling"],
         )
-        scores, labels = [], []
-        for batch in DataLoader(windows, batch_size=datamodule.batch_size):
-            _, probs = self.predict_windows(batch[X_KEY].numpy())
-            keep = batch[MASK_KEY].numpy()[:, ::stride] > 0
-            scores.append(probs[:, ::stride][keep])
-            labels.append(batch[PEAKS_KEY].numpy()[:, ::stride][keep] > 0)
-        scores, labels = np.concatenate(scores), np.concatenate(labels)
         grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
-        f1 = []
-        for t in grid:
-            called = scores >= t
-            tp = np.sum(called & labels)
-            f1.append(2 * tp / max(called.sum() + labels.sum(), 1))
-        best = int(np.argmax(f1))
-        self.spec_["peak_threshold"] = float(grid[best])
-        self.spec_["peak_threshold_train_f1"] = float(f1[best])
-        logger.info("Peak threshold %.2f (per-base F1 %.3f on the training windows)", grid[best], f1[best])
+        gaps = (0, 50, 150, 300, 600)
+        rules = [(float(g), gap) for gap in gaps for g in grid]
+        min_len = spec["peak_min_length"]
+        streams: dict[tuple, list[PeakStream]] = {}
+        sums = np.zeros(5)  # sum t*y, sum t*t, sum y, sum y*y, n over masked bases (normalised units)
+        sum_t = 0.0
+        for b in range(0, len(windows), batch_size):
+            items = [windows[i] for i in range(b, min(b + batch_size, len(windows)))]
+            track, probs = self.predict_windows(np.stack([it[X_KEY].numpy() for it in items]))
+            for k, it in enumerate(items):
+                pi, ci, start, rs, re = (int(v) for v in setup.val_windows[b + k])
+                keep = it[MASK_KEY].numpy() > 0
+                t, p, y = track[k][keep], probs[k][keep], it[TARGET_KEY].numpy()[keep]
+                sums += (float(np.dot(t, y)), float(np.dot(t, t)), float(y.sum()), float(np.dot(y, y)), t.size)
+                sum_t += float(t.sum())
+                key = (pi, setup.chrom_names[ci], rs, re)
+                if key not in streams:
+                    streams[key] = [
+                        PeakStream(key[1], threshold=g, merge_gap=gap, min_length=min_len) for g, gap in rules
+                    ]
+                first = start + int(np.argmax(keep)) - pad
+                for stream in streams[key]:
+                    stream.skip_to(first)  # windows left out as empty count as probability 0
+                    stream.feed(first, p, t)
+        scale = sums[0] / max(sums[1], 1e-12)
+        n = sums[4]
+        mse_before = (sums[1] - 2 * sums[0] + sums[3]) / n
+        mse_after = (scale**2 * sums[1] - 2 * scale * sums[0] + sums[3]) / n
+        # peaks of every threshold, matched one to one against the labels of the same pair and region
+        truth = {}
+        for pi, chrom, rs, re in streams:
+            starts, ends = setup.pairs[pi].labels._by_chrom.get(chrom, (np.zeros(0, int), np.zeros(0, int)))
+            sel = (ends > rs) & (starts < re)
+            truth[(pi, chrom, rs, re)] = pd.DataFrame({"chrom": chrom, "start": starts[sel], "end": ends[sel]})
+        n_true = sum(len(t) for t in truth.values())
+        f1, tables = [], []
+        for j in range(len(rules)):
+            called, matched = [], []
+            for key, s in streams.items():
+                peaks = s[j].finish()
+                called.append(peaks)
+                matched.append(match_peaks(peaks, truth[key]) >= 0)
+            table = pd.concat(called, ignore_index=True)
+            table["matched"] = np.concatenate(matched) if matched else np.zeros(0, bool)
+            n_hit = int(table["matched"].sum())
+            f1.append(2 * n_hit / max(len(table) + n_true, 1))
+            tables.append(table)
+        # with no labelled validation peak every F1 is 0: keep the neutral rule rather than the lowest cut
+        best = int(np.argmax(f1)) if n_true else rules.index((0.5, 50))
+        chosen = tables[best]
+        fdr_grid = np.round(np.linspace(0, 1, 101), 2)
+        spec.update(
+            {
+                "track_scale": float(scale),
+                "peak_threshold": rules[best][0],
+                "peak_merge_gap": rules[best][1],
+                "fdr_grid": fdr_grid.tolist(),
+                "fdr": fdr_curve(chosen["max_prob"].to_numpy(), chosen["matched"].to_numpy(), fdr_grid).tolist(),
+                "fdr_n_peaks": len(chosen),
+                "validation": {
+                    "regions": list(setup.val_chroms),
+                    "peak_f1": float(f1[best]),
+                    "peak_f1_per_threshold_and_gap": {
+                        f"{g:.2f}/{gap}": round(float(v), 4) for (g, gap), v in zip(rules, f1, strict=True)
+                    },
+                    "n_peaks_called": len(chosen),
+                    "n_peaks_true": int(n_true),
+                    "track_mse_before_scale": float(mse_before),
+                    "track_mse_after_scale": float(mse_after),
+                    "track_mean_ratio": float(sum_t / max(sums[2], 1e-12)),
+                },
+            }
+        )
+        logger.info(
+            "Validation %s: peak threshold %.2f, merge gap %d bp (one-to-one peak F1 %.3f), track scale %.3f (MSE %.3g -> %.3g)",
+            ",".join(setup.val_chroms),
+            rules[best][0],
+            rules[best][1],
+            f1[best],
+            scale,
+            mse_before,
+            mse_after,
+        )
 
     @torch.inference_mode()
     def predict_windows(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

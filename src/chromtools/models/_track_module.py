@@ -31,7 +31,12 @@ def masked_pearson(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
 
 
 class TrackDenoiserModule(BaseModuleClass):
-    """Network plus multitask loss: weighted MSE (or Poisson) + (1 - Pearson r) + BCE on peaks.
+    """Network plus multitask loss: AtacWorks' MSE (or Poisson) + (1 - Pearson r), squared errors of the track, peak BCE.
+
+    All regression terms are in depth-normalised units (coverage / mean coverage). AtacWorks' terms
+    train the network's own estimate (the context estimate of an anchored network); the squared
+    errors of the written track pin it to the clean scale: the linear term weighs the peaks (where
+    MSE and Pearson r are decided), the log1p term the background (most bases, and the ranks).
 
     Parameters
     ----------
@@ -42,8 +47,13 @@ class TrackDenoiserModule(BaseModuleClass):
     regression_loss
         ``'mse'`` on depth-normalised coverage, ``'mse_log'`` on its log1p, or ``'poisson'``
         negative log-likelihood.
-    regression_weight, pearson_weight, peak_weight
-        Weights of the three loss terms.
+    regression_weight, pearson_weight
+        Weights of AtacWorks' regression and ``1 - r`` terms, on the network's own estimate (the
+        context estimate of an anchored network, else the track).
+    track_weight, log_weight
+        Weights of the squared errors of the written track, linear and of log1p.
+    peak_weight
+        Weight of the peak BCE.
     arch_kwargs
         Passed to the network.
     """
@@ -55,6 +65,8 @@ class TrackDenoiserModule(BaseModuleClass):
         *,
         regression_loss: Literal["mse", "mse_log", "poisson"] = "mse",
         regression_weight: float = 0.05,
+        track_weight: float = 1.0,
+        log_weight: float = 1.0,
         pearson_weight: float = 1.0,
         peak_weight: float = 3.0,
         **arch_kwargs,
@@ -66,6 +78,8 @@ class TrackDenoiserModule(BaseModuleClass):
         self.net = build_network(arch, n_channels, **arch_kwargs)
         self.regression_loss = regression_loss
         self.regression_weight = regression_weight
+        self.track_weight = track_weight
+        self.log_weight = log_weight
         self.pearson_weight = pearson_weight
         self.peak_weight = peak_weight
 
@@ -74,16 +88,17 @@ class TrackDenoiserModule(BaseModuleClass):
 
     @auto_move_data
     def inference(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the network: denoised track (normalised units) and peak logits, per base."""
-        track, logits = self.net(x)
-        return {"track": track, "logits": logits}
+        """Run the network: denoised track (normalised units), peak logits and context estimate, per base."""
+        out = self.net(x)
+        track, logits = out[0], out[1]
+        return {"track": track, "logits": logits, "context": out[2] if len(out) > 2 else track}
 
     def _get_generative_input(self, tensors, inference_outputs, **kwargs) -> dict[str, torch.Tensor]:
-        return {"track": inference_outputs["track"], "logits": inference_outputs["logits"]}
+        return {k: inference_outputs[k] for k in ("track", "logits", "context")}
 
-    def generative(self, track: torch.Tensor, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    def generative(self, track: torch.Tensor, logits: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
         """Peak probabilities from the logits (the denoised track is already the mean prediction)."""
-        return {"track": track, "probs": torch.sigmoid(logits), "logits": logits}
+        return {"track": track, "probs": torch.sigmoid(logits), "logits": logits, "context": context}
 
     def loss(self, tensors, inference_outputs, generative_outputs) -> LossOutput:
         """Multitask loss over the central, in-chromosome bases of each window."""
@@ -92,22 +107,35 @@ class TrackDenoiserModule(BaseModuleClass):
         peaks = tensors[PEAKS_KEY]
         track = generative_outputs["track"]
         logits = generative_outputs["logits"]
+        context = generative_outputs["context"]
         n = mask.sum(-1).clamp_min(1.0)
+        # AtacWorks' terms on the network's own estimate (the context estimate of an anchored network)
         if self.regression_loss == "mse":
-            reg = (((track - target) ** 2) * mask).sum(-1) / n
+            reg = (((context - target) ** 2) * mask).sum(-1) / n
         elif self.regression_loss == "mse_log":
-            reg = (((torch.log1p(track) - torch.log1p(target)) ** 2) * mask).sum(-1) / n
+            reg = (((torch.log1p(context) - torch.log1p(target)) ** 2) * mask).sum(-1) / n
         else:
-            reg = ((track - target * torch.log(track + 1e-6)) * mask).sum(-1) / n
+            reg = ((context - target * torch.log(context + 1e-6)) * mask).sum(-1) / n
+        r = masked_pearson(context, target, mask)
+        # squared errors of the written track, linear (peaks) and log1p (background): they fix its scale
+        mse = (((track - target) ** 2) * mask).sum(-1) / n
+        log_mse = (((torch.log1p(track) - torch.log1p(target)) ** 2) * mask).sum(-1) / n
         bce = (F.binary_cross_entropy_with_logits(logits, peaks, reduction="none") * mask).sum(-1) / n
-        r = masked_pearson(track, target, mask)
-        per_window = self.regression_weight * reg + self.peak_weight * bce
+        per_window = (
+            self.regression_weight * reg + self.track_weight * mse + self.log_weight * log_mse + self.peak_weight * bce
+        )
         total = per_window.mean() + self.pearson_weight * (1.0 - r)
         return LossOutput(
             loss=total,
             reconstruction_loss=per_window,
             n_obs_minibatch=mask.shape[0],
-            extra_metrics={"regression": reg.mean().detach(), "bce": bce.mean().detach(), "pearson": r.detach()},
+            extra_metrics={
+                "regression": reg.mean().detach(),
+                "track_mse": mse.mean().detach(),
+                "log_mse": log_mse.mean().detach(),
+                "bce": bce.mean().detach(),
+                "pearson": r.detach(),
+            },
         )
 
 

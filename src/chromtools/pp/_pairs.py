@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from chromtools._docs import doc_params
 from chromtools._utils import PathLike
-from chromtools.io import pseudobulk_coverage
+from chromtools.io import pseudobulk_coverage, write_chrom_sizes
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -33,6 +33,9 @@ class TrainingPair:
         Peaks of the clean track (MACS3, or the file given).
     n_cells_noisy, n_cells_clean
         Cells behind each track.
+    chrom_sizes
+        The ``.sizes`` file of the genome both tracks were written on (pass it to
+        :func:`chromtools.tl.denoise_groups` to denoise on exactly this genome).
     """
 
     noisy: Path
@@ -40,6 +43,7 @@ class TrainingPair:
     peaks: Path
     n_cells_noisy: int
     n_cells_clean: int
+    chrom_sizes: Path
 
 
 @doc_params
@@ -53,6 +57,7 @@ def training_pair(
     peaks: PathLike | None = None,
     fragments: PathLike | None = None,
     chrom_sizes: PathLike | Mapping[str, int] | None = None,
+    chroms: Sequence[str] | None = None,
     smooth: int = 200,
     macs3_cutoff: float = 3.0,
     random_state: int = 0,
@@ -82,7 +87,10 @@ def training_pair(
     fragments
         Fragments file; default ``uns['files']['fragments']``.
     chrom_sizes
-        Genome sizes; default inferred from the fragments.
+        Genome sizes; default inferred once from the whole fragments file (all cells), and used for
+        both tracks, so that they share one genome. Written to ``{{out_dir}}/chrom.sizes``.
+    chroms
+        Only these chromosomes.
     smooth
         Cut-site window (bp) of the coverage tracks; 200 matches AtacWorks' published models
         (each cut site extended 100 bp to each side). Use the same value when denoising.
@@ -101,11 +109,15 @@ def training_pair(
         "groups": [group],
         "fragments": fragments,
         "chrom_sizes": chrom_sizes,
+        "chroms": chroms,
         "smooth": smooth,
         "mod": mod,
         "progress": progress,
     }
     clean = pseudobulk_coverage(data, groupby, out, prefix="clean.", **common)
+    # one genome for both tracks: the sizes the clean track was written with
+    common["chrom_sizes"] = clean.attrs["chrom_sizes"]
+    sizes_file = write_chrom_sizes(clean.attrs["chrom_sizes"], out / "chrom.sizes")
     n_total = int(clean.loc[group, "n_cells"])
     if n_total <= n_cells:
         msg = f"Group '{group}' has {n_total} cells; the noisy track needs fewer (n_cells={n_cells}). Lower n_cells."
@@ -128,4 +140,5 @@ def training_pair(
         peaks=Path(peaks),
         n_cells_noisy=int(noisy.loc[group, "n_cells"]),
         n_cells_clean=n_total,
+        chrom_sizes=sizes_file,
     )

@@ -15,10 +15,18 @@ from tqdm import tqdm
 
 from chromtools._docs import doc_params
 from chromtools._utils import PathLike
-from chromtools.io import BigWigReader, BigWigWriter, check_chrom_sizes, read_chrom_sizes, write_narrowpeak
+from chromtools.io import (
+    BigWigReader,
+    BigWigWriter,
+    check_chrom_sizes,
+    read_chrom_sizes,
+    read_peaks,
+    write_narrowpeak,
+)
 from chromtools.models import TrackDenoiser
 from chromtools.models._track_data import bigwig_mean, input_transform, read_window, tile
-from chromtools.tl._peaks import PeakStream, name_peaks
+from chromtools.models._track_peaks import PeakStream, drop_blacklisted, score_peaks
+from chromtools.tl._peaks import name_peaks
 
 logger = logging.getLogger(__name__)
 INFERENCE_WINDOW = 200_000
@@ -39,6 +47,8 @@ class DenoiseResult:
     peak_table
         The peaks as a DataFrame (narrowPeak columns plus ``max_prob``, ``mean_prob``,
         ``summit``, ``summit_value``).
+    params
+        The settings used, the input and output scales, and the windows run.
     n_bases
         Bases processed.
     seconds
@@ -139,8 +149,9 @@ def denoise(
     window: int | None = None,
     batch_size: int = 8,
     threshold: float | None = None,
-    merge_gap: int = 50,
-    min_length: int = 50,
+    merge_gap: int | None = None,
+    min_length: int | None = None,
+    blacklist: PathLike | pd.DataFrame | None = None,
     decimals: int | None = 1,
     check_genome: bool = True,
     accelerator: str = "auto",
@@ -154,6 +165,18 @@ def denoise(
     output does not depend on the window size. Windows are processed in batches and written as
     they come: memory grows with ``batch_size``, not with the genome. Windows whose padded input
     is all zero take the model's (constant) prediction for empty input without running it.
+
+    The denoised track is in the units of the model's clean training track: the network output
+    (coverage / mean coverage) times this input's mean coverage, the training clean/noisy depth
+    ratio and the track scale fitted on the validation region (``params['output_scale']``).
+
+    Peaks are the runs of bases whose peak probability reaches ``threshold``, merged across gaps of
+    up to ``merge_gap`` bp; the narrowPeak columns are: ``score`` = 1000 × the estimated precision
+    of peaks this strong (1 − FDR); ``signalValue`` = denoised coverage at the summit; ``pValue`` =
+    −log10 of the Poisson probability of that summit coverage when the genome-wide mean of the
+    denoised track is expected (MACS' summit test, capped at 300); ``qValue`` = −log10 of the FDR
+    estimated on the model's validation region (the share of validation peaks with at least this
+    peak probability that matched no true peak one to one); ``peak`` = summit offset from the start.
 
     Parameters
     ----------
@@ -176,12 +199,16 @@ def denoise(
     batch_size
         Windows per forward pass.
     threshold
-        Peak probability at or above which a base is in a peak; default the threshold chosen when
-        the model was trained (best per-base F1 on its training windows), or 0.5.
+        Peak probability at or above which a base is in a peak; default the threshold chosen on the
+        model's validation region (best one-to-one peak F1, together with ``merge_gap``).
     merge_gap
-        Peaks closer than this (bp) are merged.
+        Peaks closer than this (bp) are merged; default the model's (chosen with the threshold on
+        its validation region).
     min_length
-        Peaks shorter than this (bp) are dropped.
+        Peaks shorter than this (bp) are dropped; default the model's (50 bp).
+    blacklist
+        BED file (or table) of regions to exclude (e.g. the ENCODE blacklist): peaks overlapping
+        one by at least 1 bp are dropped. The tracks are written unchanged.
     decimals
         Decimals kept in the denoised track (``None``: full float32); rounding makes the bigWig
         smaller and faster to write. Probabilities keep 3 decimals.
@@ -202,6 +229,10 @@ def denoise(
     spec = model.spec_
     if threshold is None:
         threshold = float(spec.get("peak_threshold", 0.5))
+    merge_gap = int(spec.get("peak_merge_gap", 50)) if merge_gap is None else int(merge_gap)
+    min_length = int(spec.get("peak_min_length", 50)) if min_length is None else int(min_length)
+    if blacklist is not None:
+        blacklist = blacklist if isinstance(blacklist, pd.DataFrame) else read_peaks(blacklist)
     sizes = _check_inputs(noisy, spec, list(extra), chrom_sizes, chroms, check_genome)
     bin_size, pad = spec["bin_size"], spec["pad"]
     if window is None:  # long windows amortise the context padding; the output does not depend on the window
@@ -220,6 +251,7 @@ def denoise(
         out_scale = in_scale * spec["depth_ratio"]
     else:
         in_scale, extra_scales, out_scale = spec["noisy_mean"], list(spec["extra_means"]), spec["clean_mean"]
+    out_scale *= float(spec.get("track_scale", 1.0))
     if in_scale <= 0:
         msg = f"Noisy bigWig '{noisy.name}' has no positive coverage."
         raise ValueError(msg)
@@ -282,7 +314,18 @@ def denoise(
         bar.close()
         for r in readers:
             r.close()
-    peaks = name_peaks(pd.concat(peak_tables, ignore_index=True) if peak_tables else pd.DataFrame())
+    peaks = pd.concat(peak_tables, ignore_index=True)
+    n_called = len(peaks)
+    if blacklist is not None:
+        peaks = drop_blacklisted(peaks, blacklist)
+    peaks = score_peaks(
+        peaks,
+        background=out_scale,
+        fdr_grid=spec.get("fdr_grid"),
+        fdr=spec.get("fdr"),
+        n_fdr=int(spec.get("fdr_n_peaks", 0)),
+    )
+    peaks = name_peaks(peaks)
     write_narrowpeak(peaks, paths["peaks.narrowPeak"]) if len(peaks) else _write_empty(paths["peaks.narrowPeak"])
     seconds = time.perf_counter() - t0
     n_bases = int(sum(sizes.values()))
@@ -308,6 +351,7 @@ def denoise(
         "output_scale": out_scale,
         "windows_run": int(n_run),
         "windows_total": int(n_windows),
+        "peaks_blacklisted": int(n_called - len(peaks)),
     }
     return DenoiseResult(
         track=paths["track.bw"],
@@ -341,8 +385,9 @@ def denoise_groups(
     chroms: Sequence[str] | None = None,
     smooth: int = 200,
     threshold: float | None = None,
-    merge_gap: int = 50,
-    min_length: int = 50,
+    merge_gap: int | None = None,
+    min_length: int | None = None,
+    blacklist: PathLike | None = None,
     check_genome: bool = True,
     key_added: str = "ct_denoise",
     random_state: int = 0,
@@ -373,13 +418,14 @@ def denoise_groups(
     fragments
         Fragments file; default ``uns['files']['fragments']``.
     chrom_sizes
-        Genome sizes; default inferred from the fragments.
+        Genome sizes (e.g. ``TrainingPair.chrom_sizes``); default inferred from the whole fragments
+        file, all cells together, as :func:`chromtools.pp.training_pair` does.
     chroms
         Chromosomes to process.
     smooth
         Cut-site window (bp) of the coverage, as used for the model's training tracks.
-    threshold, merge_gap, min_length
-        Peak calling rules of :func:`denoise`.
+    threshold, merge_gap, min_length, blacklist
+        Peak calling rules of :func:`denoise` (default: the model's).
     check_genome
         Refuse chromosomes whose length differs from the model's training genome (pass ``False``
         to apply a model trained on another assembly).
@@ -393,7 +439,8 @@ def denoise_groups(
 
     Returns
     -------
-    Writes ``adata.uns['ct_denoise' | key_added]`` with ``params``, ``outputs`` (a DataFrame
+    Writes ``adata.uns['ct_denoise' | key_added]`` with ``params``, ``chrom_sizes`` (the genome
+    the tracks were written on), ``outputs`` (a DataFrame
     indexed by group: cells, fragments, coverage/denoised/probability/peak paths, peak count,
     throughput) and ``peaks`` (group → peak table). For a MuData the modality ``mod`` is written.
     Returns the object when ``copy=True``, else ``None``.
@@ -430,6 +477,7 @@ def denoise_groups(
             threshold=threshold,
             merge_gap=merge_gap,
             min_length=min_length,
+            blacklist=blacklist,
             check_genome=check_genome,
             accelerator=accelerator,
             devices=devices,
@@ -457,14 +505,16 @@ def denoise_groups(
             "groups": [str(g) for g in coverage.index],
             "n_cells": -1 if n_cells is None else int(n_cells),
             "smooth": int(smooth),
-            "threshold": float(threshold) if threshold is not None else float(model.spec_.get("peak_threshold", 0.5)),
-            "merge_gap": int(merge_gap),
-            "min_length": int(min_length),
+            "threshold": float(res.params["threshold"]),
+            "merge_gap": int(res.params["merge_gap"]),
+            "min_length": int(res.params["min_length"]),
+            "blacklist": "" if blacklist is None else str(blacklist),
             "check_genome": bool(check_genome),
             "random_state": int(random_state),
             "model_arch": model.spec_["arch"],
             "out_dir": str(out_dir),
         },
+        "chrom_sizes": dict(coverage.attrs["chrom_sizes"]),
         "outputs": pd.DataFrame(rows).set_index("group"),
         "peaks": tables,
     }
