@@ -30,6 +30,7 @@ import chromtools as ct
 
 # hg38 chromosome sizes (Mb, rounded) scaled down: a genome with the real spread of chromosome lengths,
 # so that per-chromosome tasks balance across workers as they would on a real genome
+DDP_EPOCHS = 6
 HG38_MB = [248, 242, 198, 190, 181, 171, 159, 145, 138, 134, 135, 133, 114, 107, 102, 90, 83, 80, 59, 64, 47, 51, 156]
 
 
@@ -130,11 +131,76 @@ def bench_dask(work: Path, scale_div: int) -> dict:
     return out
 
 
+def _ddp_child(out: str, devices: int, seed: int) -> None:
+    """One training run (all ranks run this; Lightning's 'ddp' launcher starts rank 1 by re-running the script)."""
+    import os
+
+    sizes = {"chr1": 2_000_000, "chr2": 1_000_000, "chr3": 600_000}
+    sim = ct.datasets.simulate_tracks(Path(out) / "sim", chrom_sizes=sizes, random_state=0)
+    data = ct.models.TrackDenoiser.setup_tracks(sim.noisy, sim.clean, sim.peaks, val_chroms=["chr3"])
+    model = ct.models.TrackDenoiser(data, random_state=seed)
+    with timer() as t:
+        # the same global batch of 8 windows: 8 in one process, 4 in each of two
+        model.train(
+            max_epochs=DDP_EPOCHS,
+            batch_size=8 // devices,
+            accelerator="cpu",
+            devices=devices,
+            strategy="ddp" if devices > 1 else "auto",
+            random_state=seed,
+            progress=False,
+        )
+    rank = os.environ.get("LOCAL_RANK", "0")
+    Path(out, f"ddp_{devices}_{seed}_rank{rank}.json").write_text(
+        json.dumps({"best_auprc": model.best_score_, "seconds": t["seconds"]})
+    )
+
+
+def bench_ddp(work: Path, seeds: int = 3) -> dict:
+    """Validation AUPRC of the denoiser trained in 1 vs 2 CPU processes (DDP), over seeds."""
+    runs: dict[int, list[dict]] = {1: [], 2: []}
+    for seed in range(seeds):
+        for devices in (1, 2):
+            out = work / f"ddp_{devices}_{seed}"
+            out.mkdir(parents=True)
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--ddp-child", str(out), str(devices), str(seed)]
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=1800)
+            ranks = [json.loads(p.read_text()) for p in sorted(out.glob(f"ddp_{devices}_{seed}_rank*.json"))]
+            if len({r["best_auprc"] for r in ranks}) != 1:
+                msg = f"DDP ranks disagree on the kept score: {ranks}"
+                raise RuntimeError(msg)
+            runs[devices].append(ranks[0])
+    one = np.array([r["best_auprc"] for r in runs[1]])
+    two = np.array([r["best_auprc"] for r in runs[2]])
+    # "within noise": the mean difference is inside two standard errors of the seed-to-seed spread
+    spread = float(np.sqrt(one.var(ddof=1) / len(one) + two.var(ddof=1) / len(two)))
+    diff = float(two.mean() - one.mean())
+    return {
+        "model": f"TrackDenoiser default, {DDP_EPOCHS} epochs, global batch 8, simulated 3.6 Mb (validation chr3)",
+        "seeds": seeds,
+        "auprc_1_process": one.tolist(),
+        "auprc_2_processes": two.tolist(),
+        "auprc_1_process_mean_sd": [float(one.mean()), float(one.std(ddof=1))],
+        "auprc_2_processes_mean_sd": [float(two.mean()), float(two.std(ddof=1))],
+        "difference_2_minus_1": diff,
+        "two_standard_errors": 2 * spread,
+        "seconds_1_process": [r["seconds"] for r in runs[1]],
+        "seconds_2_processes": [r["seconds"] for r in runs[2]],
+        "ranks_agree": True,
+        "target": "same validation AUPRC within noise (|difference| <= 2 standard errors over seeds)",
+        "met": bool(abs(diff) <= 2 * spread),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale-div", type=int, default=40, help="hg38 sizes divided by this (40: 78 Mb)")
-    parser.add_argument("--sections", nargs="+", default=["import", "dask"], help="for development only")
+    parser.add_argument("--sections", nargs="+", default=["import", "dask", "ddp"], help="for development only")
+    parser.add_argument("--ddp-child", nargs=3, metavar=("OUT", "DEVICES", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.ddp_child:
+        _ddp_child(args.ddp_child[0], int(args.ddp_child[1]), int(args.ddp_child[2]))
+        return
     results: dict = {"machine": machine(), "git_commit": git_commit(), "command": " ".join(["python", *sys.argv])}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -142,6 +208,8 @@ def main() -> None:
             results["import"] = bench_import()
         if "dask" in args.sections:
             results["dask_denoise"] = bench_dask(work, args.scale_div)
+        if "ddp" in args.sections:
+            results["ddp_cpu"] = bench_ddp(work)
     results["targets"] = {k: {"met": v.get("met"), "target": v.get("target")} for k, v in results.items() if isinstance(v, dict) and "met" in v}
     print(json.dumps(results["targets"], indent=1))
     write_results("scale", results)
