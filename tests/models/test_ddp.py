@@ -44,7 +44,7 @@ def test_ddp_two_cpu_processes_agree_and_restore_the_best_epoch(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
     out = subprocess.run(
-        [sys.executable, str(script), str(tmp_path), "2"], capture_output=True, text=True, timeout=900
+        [sys.executable, str(script), str(tmp_path), "2"], capture_output=True, text=True, timeout=900, cwd=tmp_path
     )
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}_2.json").read_text()) for r in (0, 1)]
