@@ -14,6 +14,8 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 
+from chromtools.models._distributed import shard_sampler
+
 from chromtools._utils import PathLike
 from chromtools.io import BigWigReader, check_chrom_sizes, parse_region, read_chrom_sizes, read_peaks
 
@@ -482,7 +484,12 @@ class TrackDataModule(LightningDataModule):
         self.n_val = len(self.val_set)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=False)
+        # under DDP each process trains on its own share of the windows; validation stays whole on
+        # every process, so that AUPRC, early stopping and the kept epoch agree across processes
+        sampler = shard_sampler(self.train_set, shuffle=True, seed=int(torch.initial_seed() % 2**31))
+        return DataLoader(
+            self.train_set, batch_size=self.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=False
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size, shuffle=False)

@@ -15,10 +15,13 @@ import scvi
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.strategies import Strategy
 from scvi.train import SaveCheckpoint
 
 from chromtools._docs import doc_params
 from chromtools._utils import PathLike, atomic_output, quiet_lightning
+from chromtools.models._distributed import BestWeights, is_distributed
 from chromtools.models._track_data import TrackDataModule, TrackSetup, make_setup, pad_for
 from chromtools.models._track_module import AUPRC_METRIC, TrackDenoiserModule, TrackTrainingPlan
 
@@ -308,6 +311,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         lr_schedule: Literal["cosine", "constant"] = "cosine",
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
+        strategy: str | Strategy = "auto",
         random_state: int = 0,
         progress: bool = True,
         **trainer_kwargs,
@@ -316,6 +320,13 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
 
         After training, the validation region also chooses the peak threshold (best one-to-one
         peak-level F1), the track scale and the FDR calibration of peak q-values (see ``spec``).
+
+        With a DDP ``strategy`` (``"ddp"``, ``"ddp_spawn"``, ``"ddp_notebook"`` or a
+        :class:`~lightning.pytorch.strategies.DDPStrategy`) and ``devices=N``, N processes train
+        on disjoint shares of the training windows while each validates on all validation windows,
+        so early stopping and the kept epoch are the same in every process. With ``"ddp"`` run from
+        a script, Lightning starts the other processes by running the script again (guard the
+        script's work with ``if __name__ == "__main__":``).
 
         Parameters
         ----------
@@ -338,6 +349,8 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             ``'constant'``: a fixed learning rate.
         {accelerator}
         {devices}
+        strategy
+            Lightning strategy, e.g. ``"ddp"`` with ``devices=2`` (on CPUs too, over gloo).
         {random_state}
         {progress}
         **trainer_kwargs
@@ -368,34 +381,50 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             )
             monitor, mode = "validation_loss", "min"
         with tempfile.TemporaryDirectory(prefix="ct_denoiser_ckpt_") as ckpt_dir:
-            checkpoint = SaveCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=mode, load_best_on_end=True)
+            distributed = is_distributed(strategy)
+            if distributed:  # every process would save the same checkpoint folder at once: keep the best in memory
+                checkpoint = BestWeights(monitor=monitor, mode=mode)
+            else:
+                checkpoint = SaveCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=mode, load_best_on_end=True)
+            callbacks = [checkpoint, *trainer_kwargs.pop("callbacks", [])]
+            if distributed:
+                # scvi-tools turns its early stopping off under DDP; Lightning's own callback agrees
+                # across processes (each sees the same validation AUPRC), so we use it instead
+                trainer_kwargs.update(strategy=strategy, use_distributed_sampler=False)
+                if early_stopping:
+                    callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
+            elif strategy != "auto":
+                trainer_kwargs["strategy"] = strategy
             scvi_level = scvi.settings.verbosity
             scvi.settings.verbosity = logging.WARNING
             try:
-                super().train(
-                    max_epochs=max_epochs,
-                    accelerator=accelerator,
-                    devices=devices,
-                    datamodule=datamodule,
-                    early_stopping=early_stopping,
-                    early_stopping_monitor=monitor,
-                    early_stopping_mode=mode,
-                    early_stopping_patience=patience,
-                    callbacks=[checkpoint, *trainer_kwargs.pop("callbacks", [])],
-                    enable_progress_bar=progress,
-                    check_val_every_n_epoch=1,
-                    plan_kwargs={
-                        "optimizer": "AdamW",
-                        "lr": lr,
-                        "weight_decay": weight_decay,
-                        "log_auprc": has_peaks,
-                        "cosine_epochs": max_epochs if lr_schedule == "cosine" else None,
-                    },
-                    **trainer_kwargs,
-                )
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message="early_stopping was automatically disabled")
+                    super().train(
+                        max_epochs=max_epochs,
+                        accelerator=accelerator,
+                        devices=devices,
+                        datamodule=datamodule,
+                        early_stopping=early_stopping and not distributed,
+                        early_stopping_monitor=monitor,
+                        early_stopping_mode=mode,
+                        early_stopping_patience=patience,
+                        callbacks=callbacks,
+                        enable_progress_bar=progress,
+                        check_val_every_n_epoch=1,
+                        plan_kwargs={
+                            "optimizer": "AdamW",
+                            "lr": lr,
+                            "weight_decay": weight_decay,
+                            "log_auprc": has_peaks,
+                            "cosine_epochs": max_epochs if lr_schedule == "cosine" else None,
+                        },
+                        **trainer_kwargs,
+                    )
             finally:
                 scvi.settings.verbosity = scvi_level
-            self.best_score_ = float(checkpoint.best_model_score) if checkpoint.best_model_score is not None else None
+            best = checkpoint.best_score if distributed else checkpoint.best_model_score
+            self.best_score_ = float(best) if best is not None else None
         self.spec_["monitor"] = monitor
         self.module.eval()
         self._choose_on_validation(batch_size)

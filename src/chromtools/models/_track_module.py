@@ -9,7 +9,8 @@ from typing import Literal
 import numpy as np
 import torch
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
-from scvi.train import TrainingPlan
+
+from chromtools.models._distributed import DistributedSafeLogging
 from torch.nn import functional as F
 
 from chromtools.models._track_data import MASK_KEY, PEAKS_KEY, TARGET_KEY, X_KEY
@@ -153,7 +154,7 @@ def average_precision(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(average_precision_score(labels, scores))
 
 
-class TrackTrainingPlan(TrainingPlan):
+class TrackTrainingPlan(DistributedSafeLogging):
     """scvi-tools training plan that also logs per-base AUPRC of peak calls on the validation windows.
 
     ``val_stride`` keeps every n-th validation base to bound memory; the AUPRC is computed once

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -27,6 +29,9 @@ from chromtools.models import TrackDenoiser
 from chromtools.models._track_data import bigwig_mean, input_transform, read_window, tile
 from chromtools.models._track_peaks import PeakStream, drop_blacklisted, score_peaks
 from chromtools.tl._peaks import name_peaks
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 logger = logging.getLogger(__name__)
 INFERENCE_WINDOW = 200_000
@@ -139,9 +144,9 @@ def _round(values: np.ndarray, decimals: int | None) -> np.ndarray:
 
 @doc_params
 def denoise(
-    noisy: PathLike,
+    noisy: PathLike | Sequence[PathLike],
     model: TrackDenoiser | PathLike,
-    out_prefix: PathLike,
+    out_prefix: PathLike | Sequence[PathLike],
     *,
     extra: Sequence[PathLike] = (),
     chrom_sizes: PathLike | Mapping[str, int] | None = None,
@@ -157,8 +162,10 @@ def denoise(
     accelerator: str = "auto",
     devices: int | list[int] | str = "auto",
     progress: bool = True,
-) -> DenoiseResult:
-    """Denoise a low-coverage ATAC bigWig genome-wide and call peaks.
+    client: Client | str | None = None,
+    n_workers: int | None = None,
+) -> DenoiseResult | list[DenoiseResult]:
+    """Denoise a low-coverage ATAC bigWig genome-wide and call peaks (bigWig in, bigWig and narrowPeak out).
 
     Chromosomes are tiled into windows read with the model's padding on both sides (zeros past
     the chromosome ends), so every base gets a prediction — chromosome tails included — and the
@@ -178,10 +185,15 @@ def denoise(
     estimated on the model's validation region (the share of validation peaks with at least this
     peak probability that matched no true peak one to one); ``peak`` = summit offset from the start.
 
+    With ``client=``, the genome is sharded into one task per chromosome (and per sample) run on
+    Dask workers, and the shards are merged into the same files, identical value for value to a
+    single-process run (see "Running at scale" in the docs).
+
     Parameters
     ----------
     noisy
-        Low-coverage coverage bigWig.
+        Low-coverage coverage bigWig, or a list of them (several samples: then ``out_prefix`` is a
+        list too, and the result a list).
     model
         A trained :class:`~chromtools.models.TrackDenoiser` or the folder it was saved to.
     out_prefix
@@ -217,11 +229,45 @@ def denoise(
     {accelerator}
     {devices}
     {progress}
+    client
+        Run on Dask: a :class:`distributed.Client`, a scheduler address, or ``'local'`` for a
+        :class:`~distributed.LocalCluster` of ``n_workers`` single-threaded workers started for this
+        call. Needs the ``scale`` extra (``dask[distributed]``). ``None`` runs in this process.
+    n_workers
+        Workers of the local cluster (default: one per core).
 
     Returns
     -------
-    The output paths, the peak table and the throughput.
+    The output paths, the peak table and the throughput (a list of them for a list of bigWigs).
     """
+    several = not isinstance(noisy, str | os.PathLike)
+    if several or client is not None:
+        noisy_list = list(noisy) if several else [noisy]
+        prefixes = list(out_prefix) if several else [out_prefix]
+        opts = {
+            "extra": extra,
+            "window": window,
+            "batch_size": batch_size,
+            "threshold": threshold,
+            "merge_gap": merge_gap,
+            "min_length": min_length,
+            "decimals": decimals,
+            "check_genome": check_genome,
+            "accelerator": accelerator,
+            "devices": devices,
+        }
+        if client is None:
+            results = [
+                denoise(n, model, p, chrom_sizes=chrom_sizes, chroms=chroms, progress=progress, **opts)
+                for n, p in zip(noisy_list, prefixes, strict=True)
+            ]
+        else:
+            from ._denoise_distributed import denoise_distributed
+
+            results = denoise_distributed(
+                noisy_list, model, prefixes, client=client, n_workers=n_workers, chrom_sizes=chrom_sizes, chroms=chroms, **opts
+            )
+        return results if several else results[0]
     t0 = time.perf_counter()
     noisy = Path(noisy)
     if not isinstance(model, TrackDenoiser):
