@@ -63,8 +63,8 @@ def _exact_index(query_names: pd.Index, reference_names: pd.Index) -> tuple[np.n
     if frac < WARN_FEATURE_OVERLAP:
         cq, cr = _coordinates(query_names), _coordinates(reference_names)
         if cq is not None and cr is not None:
-            kq = pd.Index(cq["chrom"] + ":" + cq["start"].astype(str) + "-" + cq["end"].astype(str))
-            kr = pd.Index(cr["chrom"] + ":" + cr["start"].astype(str) + "-" + cr["end"].astype(str))
+            kq = pd.Index(cq["chrom"].astype(str) + ":" + cq["start"].astype(str) + "-" + cq["end"].astype(str))
+            kr = pd.Index(cr["chrom"].astype(str) + ":" + cr["start"].astype(str) + "-" + cr["end"].astype(str))
             if not kq.has_duplicates:
                 idx_c = kq.get_indexer(kr)
                 frac_c = float((idx_c >= 0).mean())
