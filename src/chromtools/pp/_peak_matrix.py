@@ -29,6 +29,8 @@ COUNTINGS = ("fragments", "cut_sites")
 # Chromosomes are laid end to end on one int64 axis, 2**40 bp apart (longer than any chromosome),
 # so one searchsorted over all peaks answers every fragment of a chunk, whatever its chromosome.
 _CHROM_STRIDE = np.int64(1) << np.int64(40)
+#: Decompressed bytes per parsed block (about 90,000 fragments): small enough for threads to overlap.
+_BLOCK_BYTES = 4 << 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -289,7 +291,7 @@ def _fragment_chunks(path: Path, chunksize: int, n_jobs: int):
     try:
         with ThreadPoolExecutor(max_workers=max(n_jobs, 1)) as pool:
             pending: deque = deque()
-            for block in _prefetch(_text_blocks(path, max(chunksize, 1) * 48)):
+            for block in _prefetch(_text_blocks(path, min(max(chunksize, 1) * 48, _BLOCK_BYTES))):
                 pending.append(pool.submit(_parse_block, block))
                 if len(pending) >= max(n_jobs, 1):
                     yield pending.popleft().result()
@@ -401,7 +403,8 @@ def peak_matrix(
     min_fragments
         For a file without ``barcodes``: smallest number of fragments (anywhere) of a kept barcode.
     chunksize
-        Fragments read at a time (about; the file is read in blocks of ``48 * chunksize`` bytes).
+        Largest number of fragments parsed at a time (the file is read in blocks of at most
+        ``48 * chunksize`` bytes and 4 MB, about 90,000 fragments).
     n_jobs
         Blocks parsed at once, in threads (default 2, or 1 on a one-core machine); decompression
         runs in one more thread.
