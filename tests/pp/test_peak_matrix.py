@@ -24,8 +24,9 @@ def _simulate(rng, n_frag=3000, n_cells=40):
     start = rng.integers(0, 5200, size=n_frag)
     edges = rng.random(n_frag) < 0.3  # many fragments start or end exactly at a peak boundary
     pick = rng.integers(0, len(peaks), size=n_frag)
-    start[edges] = np.where(rng.random(edges.sum()) < 0.5, peaks["start"].to_numpy()[pick[edges]],
-                            peaks["end"].to_numpy()[pick[edges]] - 1)
+    start[edges] = np.where(
+        rng.random(edges.sum()) < 0.5, peaks["start"].to_numpy()[pick[edges]], peaks["end"].to_numpy()[pick[edges]] - 1
+    )
     length = rng.integers(1, 400, size=n_frag)
     barcodes = np.array([f"cell{i:02d}" for i in range(n_cells)])
     frags = pd.DataFrame(

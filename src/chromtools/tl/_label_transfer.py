@@ -405,9 +405,7 @@ def transfer_labels(
     if novelty and ref_latent.shape[0] >= 3:
         col = batch_key or default_batch
         batches = ref_obs[col].to_numpy() if col is not None and col in ref_obs else None
-        null, method = novelty_calibration(
-            ref_latent, n_neighbors=dist.shape[1], batches=batches, method=calibration
-        )
+        null, method = novelty_calibration(ref_latent, n_neighbors=dist.shape[1], batches=batches, method=calibration)
         radius, _, _ = _radius(np.asarray(ref_latent, np.float32), min(dist.shape[1], ref_latent.shape[0] - 1))
         score = _ratio(dist, idx, radius)
         cutoff = max(float(np.quantile(null, novelty_quantile, method="higher")), 1e-12)
@@ -457,7 +455,5 @@ def transfer_labels(
         },
         **info,
     }
-    logger.info(
-        "Transferred '%s' to %d cells (%d called %s)", labels_key, best.size, int(unknown.sum()), unknown_label
-    )
+    logger.info("Transferred '%s' to %d cells (%d called %s)", labels_key, best.size, int(unknown.sum()), unknown_label)
     return query if copy else None
