@@ -263,7 +263,7 @@ def cross_dataset(model, ref, query) -> dict:
             res = score(ref, query, ref.obsm["X_reference"], q.obsm["X_reference"])
             res.pop("per_class_f1")
             res["query_s"] = t_q.wall
-            res["features"] = {k: v for k, v in q.uns["X_reference"]["features"].items()}
+            res["features"] = dict(q.uns["X_reference"]["features"].items())
             out[name] = res
             print(f"    cross {name}: acc {res['accuracy']:.3f} F1 {res['macro_f1']:.3f}", flush=True)
         # the LSI baseline through the same two routes
@@ -310,7 +310,9 @@ def task_lsi(args) -> dict:
         query_s=t_q.wall,
         query_cpu_s=t_q.cpu,
     )
-    out["lsi_lda_knn"]["lda_classifier_accuracy"] = float((lda.predict(q.obsm["X_lsi"]) == q.obs[LABEL].astype(str)).mean())
+    out["lsi_lda_knn"]["lda_classifier_accuracy"] = float(
+        (lda.predict(q.obsm["X_lsi"]) == q.obs[LABEL].astype(str)).mean()
+    )
     return out
 
 
@@ -350,8 +352,12 @@ def task_scvi(args) -> dict:
             r.obs["scanvi_labels"] = r.obs[LABEL].astype(str)
             scvi.model.SCVI.setup_anndata(r, batch_key="batch", labels_key="scanvi_labels")
             vae = scvi.model.SCVI(
-                r, n_layers=2, encode_covariates=True, deeply_inject_covariates=False,
-                use_layer_norm="both", use_batch_norm="none",
+                r,
+                n_layers=2,
+                encode_covariates=True,
+                deeply_inject_covariates=False,
+                use_layer_norm="both",
+                use_batch_norm="none",
             )
             vae.train(max_epochs=epochs(200), enable_progress_bar=False)
             model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
