@@ -1,33 +1,44 @@
-"""Reference mapping benchmark: chromtools vs scvi-tools PEAKVI/POISSONVI surgery vs TF-IDF + LSI + kNN.
+"""Reference mapping benchmark on Granja 2019 bone marrow scATAC: chromtools vs fair scvi-tools peers and LSI baselines.
 
 One command writes benchmarks/results/mapping.json:
 
-    python benchmarks/mapping.py                 # everything (several hours on 2 CPU cores)
-    python benchmarks/mapping.py --quick         # without the 200-epoch peers
-    python benchmarks/mapping.py --only granja_fwd --methods chromtools,lsi_knn
+    python benchmarks/mapping.py --workers 2 --threads 1 --deadline 07:28
 
-Data sets
-    granja_fwd   Granja 2019 bone marrow scATAC, reference donor D6T1 -> query donor D5T1 (fine and coarse labels)
-    granja_rev   the reverse, D5T1 -> D6T1
-    snare        SNARE-seq mouse cortex chromatin, libraries 09A-09F -> 09G-09L (a sparse, low-coverage case)
-    sim          simulated scATAC, 20,000 cells x 20,000 peaks, 4 batches; reference batch_0/1 -> query
-                 batch_2/3; cell type 'type_7' exists only in the query (unknown-cell detection)
+Protocol (three disjoint uses of the data)
+    choose   D5T1 -> D6T1 (reference donor D5T1, query donor D6T1): chromtools' settings are chosen here, by
+             macro-F1 on the fine labels, among a short list of candidates fixed before the run (CANDIDATES).
+    report   D6T1 -> D5T1 (reference D6T1, query D5T1), fine labels (16 types): every method, one run. The
+             chosen chromtools settings are reported over several seeds (mean +- sd); each peer runs once.
+    unknown  D6T1 minus one cell type -> D5T1 with it (types fixed before the run: HELD_OUT): AUROC of the
+             per-cell novelty score for telling the held-out type's cells apart.
+    cross    the query arrives with its own peaks (cross-dataset case): fragments are simulated from the D5T1
+             counts (each count one fragment around its peak's centre), peaks are "re-called" (shifted,
+             resized, 10 % missing, 10 % extra), the query is counted in them with ct.pp.peak_matrix and
+             mapped (a) through overlap alignment (ct.tl.map_query feature_matching='auto') and (b) after
+             re-counting its fragments in the reference's peaks with ct.pp.peak_matrix.
+    peak_matrix  ct.pp.peak_matrix on the real PBMC fragments (counts checked against a per-peak count) and on a
+             simulated 4-million-fragment file: fragments per second (wall and per CPU-second).
 
-Methods
-    chromtools       ct.tl.train_reference (PeakSCANVI, defaults) + ct.tl.map_query + ct.tl.transfer_labels
-    peakvi_<E>       scvi-tools PEAKVI surgery as the scArches tutorials run it: surgery-ready constructor
-                     (encode_covariates=True, layer norm, dropout 0.2), train(max_epochs=E), load_query_data(
-                     freeze_dropout=True), train(max_epochs=E, plan_kwargs={"weight_decay": 0.0})
-    poissonvi_<E>    the same with scvi-tools POISSONVI
-    lsi_knn          TF-IDF + LSI (ct.pp.lsi, 50 components) of the reference, query projected onto it
-Every method's labels are transferred with the same rule (ct.tl.transfer_labels, 15 neighbours), so the
-numbers compare the embeddings. Each (data set, method) runs in a fresh process: its peak memory is that
-process's peak resident set size.
+Methods (report split)
+    chromtools      ct.tl.train_reference (PeakSCANVI, semi-supervised) + ct.tl.map_query + ct.tl.transfer_labels
+    peakvi_200      scvi-tools PEAKVI surgery (scArches settings: encode_covariates, layer norm, dropout 0.2),
+                    200 epochs reference and query, weight decay really 0 in the query (passed as
+                    train(weight_decay=0.0): PEAKVI.train overwrites plan_kwargs['weight_decay'] with its own)
+    scanvi_200      scvi-tools SCANVI on binarised peaks (supervised peer): SCVI (scArches settings) 200 epochs,
+                    SCANVI.from_scvi_model + 20 epochs (scvi-tools' scArches tutorial), query surgery 100 epochs
+                    with weight decay 0 (the tutorial's setting)
+    poissonvi_200   scvi-tools POISSONVI surgery, 200 epochs, weight decay 0 (run last; skipped past the deadline)
+    lsi_knn         TF-IDF + LSI (ct.pp.lsi, 50 components) of the reference, query projected onto it
+    lsi_lda_knn     supervised LSI: the same LSI, then linear discriminant analysis fitted on the reference labels
+Every method's labels are transferred with one rule (ct.tl.transfer_labels, 15 neighbours), so the numbers
+compare embeddings. Each task runs in a fresh process; wall and CPU seconds are both recorded (the machine is
+shared: CPU seconds are the fairer speed measure).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import multiprocessing as mp
 import os
@@ -38,340 +49,611 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, machine, peak_rss_mb, require_data, timer, write_results
+from _common import DATA, machine, peak_rss_mb, require_data, write_results
 
-DATASETS = {
-    "granja_fwd": {"labels": ["cell_type", "cell_type_coarse"], "batch": "batch"},
-    "granja_rev": {"labels": ["cell_type", "cell_type_coarse"], "batch": "batch"},
-    "snare": {"labels": ["cell_type"], "batch": "batch"},
-    "sim": {"labels": ["cell_type"], "batch": "batch", "unknown": ["type_7"]},
-}
 N_NEIGHBORS = 15
-SIM = {"n_cells": 20_000, "n_peaks": 20_000, "n_cell_types": 8, "n_batches": 4, "absent": "type_7"}
-SMOKE = os.environ.get("CT_BENCH_SMOKE") == "1"  # pipeline check only: tiny simulation, 2 epochs
+LABEL = "cell_type"
+SEEDS = [0, 1, 2]
+#: chromtools candidates, fixed before the run; chosen on D5T1 -> D6T1 only
+CANDIDATES = {
+    "defaults": {},
+    "classification_weight_5": {"classification_weight": 5.0},
+    "input_dropout_0.2": {"input_dropout": 0.2},
+}
+#: held-out types for unknown detection, fixed before the run: one lymphoid, one NK, one myeloid progenitor
+HELD_OUT = ["17_B", "25_NK", "07_GMP"]
+SMOKE = os.environ.get("CT_BENCH_SMOKE") == "1"  # pipeline check only: few cells, 2 epochs
+
+
+class Clock:
+    """Wall and CPU seconds of a block (CPU: this process, all threads)."""
+
+    def __enter__(self):
+        self.w, self.c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.w, time.process_time() - self.c
 
 
 # ----------------------------------------------------------------------------------------------
 # data
 # ----------------------------------------------------------------------------------------------
-def load(name: str, sim_path: str | None):
+def load(split: str, drop_type: str | None = None):
+    import chromtools as ct
+
+    a = ct.datasets.granja2019(DATA)
+    a.obs["batch"] = a.obs["batch"].astype(str).astype("category")
+    a.obs[LABEL] = a.obs[LABEL].astype(str).astype("category")
+    ref_batch = "BMMC_D5T1" if split == "choose" else "BMMC_D6T1"
+    is_ref = (a.obs["batch"] == ref_batch).to_numpy()
+    ref, query = a[is_ref].copy(), a[~is_ref].copy()
+    if drop_type is not None:
+        ref = ref[ref.obs[LABEL] != drop_type].copy()
+        ref.obs[LABEL] = ref.obs[LABEL].cat.remove_unused_categories()
+    if SMOKE:
+        ref, query = ref[::10].copy(), query[::10].copy()
+    return ref, query
+
+
+def epochs(n: int | None) -> int | None:
+    return 2 if SMOKE else n
+
+
+# ----------------------------------------------------------------------------------------------
+# scoring: one label-transfer rule for every embedding
+# ----------------------------------------------------------------------------------------------
+def score(ref, query, z_ref, z_q, *, unknown: list[str] | None = None) -> dict:
     import anndata as ad
+    import numpy as np
 
     import chromtools as ct
 
-    if name.startswith("granja"):
-        a = ct.datasets.granja2019(DATA)
-        ref_batch = "BMMC_D6T1" if name == "granja_fwd" else "BMMC_D5T1"
-        is_ref = (a.obs["batch"] == ref_batch).to_numpy()
-    elif name == "snare":
-        a = ct.datasets.snareseq2019(DATA)
-        libs = sorted(a.obs["batch"].unique())
-        is_ref = a.obs["batch"].isin(libs[:6]).to_numpy()
-    else:
-        a = ad.read_h5ad(sim_path)
-        is_ref = a.obs["batch"].isin(["batch_0", "batch_1"]).to_numpy()
-    for col in ("batch", *DATASETS[name]["labels"]):
-        a.obs[col] = a.obs[col].astype(str).astype("category")
-    return a[is_ref].copy(), a[~is_ref].copy()
-
-
-def simulate(path: str) -> None:
-    import chromtools as ct
-
-    a = ct.datasets.simulate_scatac(
-        2_000 if SMOKE else SIM["n_cells"],
-        2_000 if SMOKE else SIM["n_peaks"],
-        n_cell_types=SIM["n_cell_types"],
-        n_batches=SIM["n_batches"],
-        absent_cell_type=SIM["absent"],
-        reference_batches=["batch_0", "batch_1"],
-        random_state=0,
-    )
-    a.write_h5ad(path)
+    r = ad.AnnData(obs=ref.obs[["batch", LABEL]].copy())
+    q = ad.AnnData(obs=query.obs[["batch", LABEL]].copy())
+    r.obsm["X_emb"], q.obsm["X_emb"] = np.asarray(z_ref, np.float32), np.asarray(z_q, np.float32)
+    with Clock() as c:
+        ct.tl.transfer_labels(q, r, LABEL, use_rep="X_emb", n_neighbors=N_NEIGHBORS, key_added="pred")
+    known_labels = sorted(set(ref.obs[LABEL].astype(str)))
+    res = {"label_transfer_s": c.wall}
+    s_pred = ct.metrics.label_transfer_scores(q, LABEL, "pred", reference_labels=known_labels)
+    # the label before any Unknown call: the argmax of the votes
+    probs = q.obsm["pred_probabilities"]
+    q.obs["argmax"] = probs.columns.to_numpy()[probs.to_numpy().argmax(axis=1)]
+    s_arg = ct.metrics.label_transfer_scores(q, LABEL, "argmax", reference_labels=known_labels)
+    res.update(accuracy=s_arg["accuracy"], macro_f1=s_arg["macro_f1"])
+    res["with_unknown_calls"] = {k: v for k, v in s_pred.items() if k != "n_cells"}
+    res["novelty_calibration"] = q.uns["pred"].get("calibration")
+    if unknown:
+        is_unknown = q.obs[LABEL].astype(str).isin(unknown).to_numpy()
+        for col in ("novelty", "ambiguity", "uncertainty"):
+            res[f"unknown_auroc_{col}"] = ct.metrics.unknown_detection_auroc(is_unknown, q.obs[f"pred_{col}"])
+    rep = ct.metrics.classification_report(q.obs[LABEL], q.obs["argmax"])
+    res["per_class_f1"] = {str(k): round(float(v), 4) for k, v in rep["f1"].items()}
+    return res
 
 
 # ----------------------------------------------------------------------------------------------
-# methods: each returns {label_key: (ref_latent, query_latent)} plus timings and extras
+# methods
 # ----------------------------------------------------------------------------------------------
-def run_chromtools(ref, query, labels, batch, seed):
+def chromtools_run(ref, query, seed: int, model_kwargs: dict, unknown=None):
     import chromtools as ct
 
-    out, times, extra = {}, {}, {}
-    for key in labels:
-        r, q = ref.copy(), query.copy()
-        with timer() as t_ref:
-            model = ct.tl.train_reference(r, batch, key, random_state=seed, max_epochs=2 if SMOKE else None)
-        with timer() as t_q:
-            ct.tl.map_query(q, model, random_state=seed, max_epochs=2 if SMOKE else None)
-        times[key] = {"reference_s": t_ref["seconds"], "query_s": t_q["seconds"]}
-        info = q.uns["X_reference"]
-        extra[key] = {
-            "reference_epochs": int(r.uns["X_reference"]["params"]["n_epochs"]),
-            "query_epochs": int(info["n_epochs"]),
-            "frozen_identical": bool(info["frozen_identical"]),
-            "frozen_max_abs_diff": float(info["frozen_max_abs_diff"]),
-            "n_trained_parameters": int(info["n_trained_parameters"]),
-        }
-        out[key] = (r.obsm["X_reference"], q.obsm["X_reference"])
-    return out, times, extra
-
-
-def run_scvi(kind: str, epochs: int, ref, query, labels, batch, seed):
-    import scvi
-
-    from chromtools.models import frozen_weight_drift, reference_state_dict
-
-    scvi.settings.seed = seed
-    cls = scvi.model.PEAKVI if kind == "peakvi" else scvi.external.POISSONVI
     r, q = ref.copy(), query.copy()
-    with timer() as t_ref:
-        cls.setup_anndata(r, batch_key=batch)
-        # the scArches tutorials' surgery-ready settings (layer norm, no batch norm, encoded covariates)
-        kwargs = {"encode_covariates": True, "dropout_rate": 0.2}
-        if kind == "peakvi":
-            kwargs.update(use_layer_norm="both", use_batch_norm="none")
-        model = cls(r, **kwargs)
-        model.train(max_epochs=epochs, enable_progress_bar=False)
-        z_ref = model.get_latent_representation()
-    state = reference_state_dict(model)
-    with timer() as t_q:
-        cls.prepare_query_anndata(q, model)
-        qm = cls.load_query_data(q, model, freeze_dropout=True)
-        qm.train(max_epochs=epochs, plan_kwargs={"weight_decay": 0.0}, enable_progress_bar=False)
-        z_q = qm.get_latent_representation()
-    drift = frozen_weight_drift(state, qm)
-    times = {key: {"reference_s": t_ref["seconds"], "query_s": t_q["seconds"]} for key in labels}
-    extra_one = {
-        "reference_epochs": n_epochs(model),
-        "query_epochs": n_epochs(qm),
-        "frozen_identical": bool(drift["identical"].all()),
-        "frozen_max_abs_diff": float(drift["max_abs_diff"].max()),
-    }
-    return dict.fromkeys(labels, (z_ref, z_q)), times, dict.fromkeys(labels, extra_one)
+    with Clock() as t_ref:
+        model = ct.tl.train_reference(
+            r, "batch", LABEL, random_state=seed, max_epochs=epochs(None), model_kwargs=model_kwargs
+        )
+    with Clock() as t_q:
+        ct.tl.map_query(q, model, random_state=seed, max_epochs=epochs(None))
+    info = q.uns["X_reference"]
+    res = score(r, q, r.obsm["X_reference"], q.obsm["X_reference"], unknown=unknown)
+    res.update(
+        reference_s=t_ref.wall,
+        reference_cpu_s=t_ref.cpu,
+        query_s=t_q.wall,
+        query_cpu_s=t_q.cpu,
+        reference_epochs=int(r.uns["X_reference"]["params"]["n_epochs"]),
+        query_epochs=int(info["n_epochs"]),
+        frozen_identical=bool(info["frozen_identical"]),
+        frozen_max_abs_diff=float(info["frozen_max_abs_diff"]),
+        n_trained_parameters=int(info["n_trained_parameters"]),
+        latent_dim=int(r.obsm["X_reference"].shape[1]),
+    )
+    return res, model, r
 
 
-def n_epochs(model) -> int:
+def task_choose(args) -> dict:
+    ref, query = load("choose")
+    out = {}
+    for name, kwargs in CANDIDATES.items():
+        res, _, _ = chromtools_run(ref, query, 0, kwargs)
+        res.pop("per_class_f1")
+        out[name] = res
+        print(f"    choose {name}: acc {res['accuracy']:.3f} F1 {res['macro_f1']:.3f}", flush=True)
+    best = max(out, key=lambda k: out[k]["macro_f1"])
+    return {"candidates": out, "chosen": best, "chosen_kwargs": CANDIDATES[best], "criterion": "macro_f1"}
+
+
+def task_chromtools(args) -> dict:
+    import numpy as np
+
+    ref, query = load("report")
+    per_seed, model0, ref0 = {}, None, None
+    for seed in SEEDS[: 1 if SMOKE else None]:
+        res, model, r = chromtools_run(ref, query, seed, args["chosen_kwargs"])
+        per_seed[str(seed)] = res
+        if model0 is None:
+            model0, ref0 = model, r
+        print(f"    chromtools seed {seed}: acc {res['accuracy']:.3f} F1 {res['macro_f1']:.3f}", flush=True)
+    summary = {}
+    for k in ("accuracy", "macro_f1", "reference_s", "reference_cpu_s", "query_s", "query_cpu_s"):
+        v = np.array([r[k] for r in per_seed.values()])
+        summary[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+    out = {"settings": args["chosen_name"], "model_kwargs": args["chosen_kwargs"], "seeds": per_seed}
+    out["mean_sd"] = summary
+    out["cross_dataset"] = cross_dataset(model0, ref0, query)
+    return out
+
+
+def cross_dataset(model, ref, query) -> dict:
+    """The query arrives with its own peaks: overlap alignment vs re-counting its fragments in the reference peaks."""
+    import gzip
+
+    import numpy as np
+    import pandas as pd
+    import scipy.sparse as sp
+
+    import chromtools as ct
+
+    rng = np.random.default_rng(0)
+    X = sp.csr_matrix(query.X).astype(np.int64)
+    coo = X.tocoo()
+    n = coo.data.astype(np.int64)
+    cell = np.repeat(coo.row, n)
+    peak = np.repeat(coo.col, n)
+    centre = ((query.var["start"].to_numpy() + query.var["end"].to_numpy()) // 2)[peak]
+    length = rng.integers(60, 300, cell.size)
+    mid = centre + np.round(rng.normal(0, 120, cell.size)).astype(np.int64)
+    start = np.maximum(mid - length // 2, 0)
+    frags = pd.DataFrame(
+        {
+            "chrom": query.var["chrom"].astype(str).to_numpy()[peak],
+            "start": start,
+            "end": start + length,
+            "barcode": query.obs_names.to_numpy()[cell],
+            "count": 1,
+        }
+    )
+    frags = frags.sort_values(["chrom", "start"], kind="stable")
+    out: dict = {"n_fragments": len(frags), "fragment_model": "one fragment per count, centre ~ N(peak centre, 120 bp)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fragments.tsv.gz"
+        with gzip.open(path, "wt", compresslevel=1) as fh:
+            frags.to_csv(fh, sep="\t", header=False, index=False)
+        # the query's own peaks: re-called with other boundaries, 10 % missed, 10 % extra (background)
+        v = query.var
+        keep = rng.random(v.shape[0]) >= 0.1
+        s = v["start"].to_numpy() + rng.integers(-200, 200, v.shape[0])
+        w = rng.integers(300, 800, v.shape[0])
+        own = pd.DataFrame({"chrom": v["chrom"].astype(str).to_numpy(), "start": np.maximum(s, 0)})
+        own["end"] = own["start"] + w
+        own = own[keep]
+        extra = own.sample(frac=0.1, random_state=0).copy()
+        extra["start"] += 5_000
+        extra["end"] += 5_000
+        own = pd.concat([own, extra]).drop_duplicates(["chrom", "start", "end"]).reset_index(drop=True)
+        base = query.copy()
+        base.uns["files"] = {"fragments": str(path)}
+        with Clock() as c:
+            q_own = ct.pp.peak_matrix(base, own)
+        out["own_peaks"] = {
+            "n_peaks": int(own.shape[0]),
+            "peak_matrix_s": c.wall,
+            "fragments_per_second": q_own.uns["peak_matrix"]["fragments_per_second"],
+        }
+        with Clock() as c:
+            q_re = ct.pp.peak_matrix(base, ref)
+        exact = np.asarray((q_re.X != sp.csr_matrix(query.X)).sum())
+        out["recount"] = {"peak_matrix_s": c.wall, "entries_differing_from_original_counts": int(exact)}
+        for name, q in (("overlap_alignment", q_own), ("peak_matrix_recount", q_re)):
+            q.obs["batch"] = query.obs["batch"].to_numpy()
+            with Clock() as t_q:
+                ct.tl.map_query(q, model, random_state=0, max_epochs=epochs(None))
+            res = score(ref, query, ref.obsm["X_reference"], q.obsm["X_reference"])
+            res.pop("per_class_f1")
+            res["query_s"] = t_q.wall
+            res["features"] = dict(q.uns["X_reference"]["features"].items())
+            out[name] = res
+            print(f"    cross {name}: acc {res['accuracy']:.3f} F1 {res['macro_f1']:.3f}", flush=True)
+        # the LSI baseline through the same two routes
+        r = ref.copy()
+        ct.pp.lsi(r, 50, random_state=0)
+        for name, q in (("lsi_overlap_alignment", q_own), ("lsi_peak_matrix_recount", q_re)):
+            ct.pp.lsi(q, reference=r)
+            res = score(r, query, r.obsm["X_lsi"], q.obsm["X_lsi"])
+            out[name] = {"accuracy": res["accuracy"], "macro_f1": res["macro_f1"]}
+    return out
+
+
+def task_heldout(args) -> dict:
+    out = {}
+    for t in HELD_OUT[: 1 if SMOKE else None]:
+        ref, query = load("report", drop_type=t)
+        res, _, _ = chromtools_run(ref, query, 0, args["chosen_kwargs"], unknown=[t])
+        res.pop("per_class_f1")
+        out[t] = res
+        print(f"    held out {t}: AUROC novelty {res['unknown_auroc_novelty']:.3f}", flush=True)
+    return out
+
+
+def task_lsi(args) -> dict:
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    import chromtools as ct
+
+    ref, query = load("report")
+    r, q = ref.copy(), query.copy()
+    with Clock() as t_ref:
+        ct.pp.lsi(r, 50, random_state=0)
+    with Clock() as t_q:
+        ct.pp.lsi(q, reference=r)
+    out = {"lsi_knn": score(r, q, r.obsm["X_lsi"], q.obsm["X_lsi"])}
+    out["lsi_knn"].update(reference_s=t_ref.wall, reference_cpu_s=t_ref.cpu, query_s=t_q.wall, query_cpu_s=t_q.cpu)
+    with Clock() as t_lda:
+        lda = LinearDiscriminantAnalysis().fit(r.obsm["X_lsi"], r.obs[LABEL].astype(str))
+    zr, zq = lda.transform(r.obsm["X_lsi"]), lda.transform(q.obsm["X_lsi"])
+    out["lsi_lda_knn"] = score(r, q, zr, zq)
+    out["lsi_lda_knn"].update(
+        reference_s=t_ref.wall + t_lda.wall,
+        reference_cpu_s=t_ref.cpu + t_lda.cpu,
+        query_s=t_q.wall,
+        query_cpu_s=t_q.cpu,
+    )
+    out["lsi_lda_knn"]["lda_classifier_accuracy"] = float(
+        (lda.predict(q.obsm["X_lsi"]) == q.obs[LABEL].astype(str)).mean()
+    )
+    return out
+
+
+def _n_epochs(model) -> int:
     hist = model.history or {}
     key = "elbo_train" if "elbo_train" in hist else next(iter(hist), None)
     return len(hist[key]) if key else 0
 
 
-def run_lsi(ref, query, labels, batch, seed):
-    import chromtools as ct
+def _train_zero_decay(model, max_epochs: int, **kwargs) -> None:
+    """Train with weight decay really 0: as a train() argument where train() has one (it overrides plan_kwargs)."""
+    import inspect
 
+    params = inspect.signature(model.train).parameters
+    if "weight_decay" in params:
+        kwargs["weight_decay"] = 0.0
+    kwargs["plan_kwargs"] = {**kwargs.get("plan_kwargs", {}), "weight_decay": 0.0}
+    model.train(max_epochs=max_epochs, enable_progress_bar=False, **kwargs)
+
+
+def task_scvi(args) -> dict:
+    import numpy as np
+    import scvi
+
+    from chromtools.models import frozen_weight_drift, reference_state_dict
+
+    kind = args["kind"]
+    seed = 0
+    scvi.settings.seed = seed
+    ref, query = load("report")
     r, q = ref.copy(), query.copy()
-    with timer() as t_ref:
-        ct.pp.lsi(r, 50, random_state=seed)
-    with timer() as t_q:
-        ct.pp.lsi(q, reference=r)
-    times = {key: {"reference_s": t_ref["seconds"], "query_s": t_q["seconds"]} for key in labels}
-    return dict.fromkeys(labels, (r.obsm["X_lsi"], q.obsm["X_lsi"])), times, {key: {} for key in labels}
+    extra = {}
+    with Clock() as t_ref:
+        if kind == "scanvi":
+            for a in (r, q):
+                a.X = (a.X > 0).astype(np.float32)
+            r.obs["scanvi_labels"] = r.obs[LABEL].astype(str)
+            scvi.model.SCVI.setup_anndata(r, batch_key="batch", labels_key="scanvi_labels")
+            vae = scvi.model.SCVI(
+                r,
+                n_layers=2,
+                encode_covariates=True,
+                deeply_inject_covariates=False,
+                use_layer_norm="both",
+                use_batch_norm="none",
+            )
+            vae.train(max_epochs=epochs(200), enable_progress_bar=False)
+            model = scvi.model.SCANVI.from_scvi_model(vae, unlabeled_category="Unknown")
+            model.train(max_epochs=epochs(20), n_samples_per_label=100, enable_progress_bar=False)
+            extra["scvi_pretrain_epochs"] = _n_epochs(vae)
+        else:
+            cls = scvi.model.PEAKVI if kind == "peakvi" else scvi.external.POISSONVI
+            cls.setup_anndata(r, batch_key="batch")
+            kwargs = {"encode_covariates": True, "dropout_rate": 0.2}
+            if kind == "peakvi":
+                kwargs.update(use_layer_norm="both", use_batch_norm="none")
+            model = cls(r, **kwargs)
+            model.train(max_epochs=epochs(200), enable_progress_bar=False)
+        z_ref = model.get_latent_representation()
+    state = reference_state_dict(model)
+    query_epochs = 100 if kind == "scanvi" else 200
+    with Clock() as t_q:
+        if kind == "scanvi":
+            q.obs["scanvi_labels"] = "Unknown"
+        type(model).prepare_query_anndata(q, model)
+        qm = type(model).load_query_data(q, model, freeze_dropout=True)
+        _train_zero_decay(qm, epochs(query_epochs))
+        z_q = qm.get_latent_representation()
+    drift = frozen_weight_drift(state, qm)
+    res = score(r, q, z_ref, z_q)
+    if kind == "scanvi":
+        pred = np.asarray(qm.predict()).astype(str)
+        truth = q.obs[LABEL].astype(str).to_numpy()
+        import chromtools as ct
+
+        extra["classifier_accuracy"] = float((pred == truth).mean())
+        extra["classifier_macro_f1"] = float(ct.metrics.macro_f1(truth, pred))
+    res.update(
+        reference_s=t_ref.wall,
+        reference_cpu_s=t_ref.cpu,
+        query_s=t_q.wall,
+        query_cpu_s=t_q.cpu,
+        reference_epochs=_n_epochs(model),
+        query_epochs=_n_epochs(qm),
+        frozen_identical=bool(drift["identical"].all()),
+        frozen_max_abs_diff=float(np.nan_to_num(drift["max_abs_diff"].to_numpy(), nan=np.inf).max()),
+        latent_dim=int(np.asarray(z_ref).shape[1]),
+        scvi_tools=scvi.__version__,
+        **extra,
+    )
+    return res
 
 
-# ----------------------------------------------------------------------------------------------
-# scoring
-# ----------------------------------------------------------------------------------------------
-def score(ref, query, z_ref, z_q, key, batch, unknown, scib: bool) -> dict:
-    import anndata as ad
+def task_peak_matrix(args) -> dict:
+    import gzip
+
     import numpy as np
     import pandas as pd
 
     import chromtools as ct
 
-    r = ad.AnnData(obs=ref.obs[[batch, key]].copy())
-    q = ad.AnnData(obs=query.obs[[batch, key]].copy())
-    r.obsm["X_emb"], q.obsm["X_emb"] = np.asarray(z_ref), np.asarray(z_q)
-    res: dict = {}
-    with timer() as t:
-        ct.tl.transfer_labels(q, r, key, use_rep="X_emb", n_neighbors=N_NEIGHBORS, key_added="pred")
-    res["label_transfer_s"] = t["seconds"]
-    ct.tl.transfer_labels(q, r, key, use_rep="X_emb", n_neighbors=N_NEIGHBORS, threshold=0.0, key_added="argmax")
-    ct.tl.transfer_labels(q, r, key, use_rep="X_emb", n_neighbors=N_NEIGHBORS, novelty=False, key_added="votes")
-    known_labels = sorted(set(ref.obs[key].astype(str)))
-    s_arg = ct.metrics.label_transfer_scores(q, key, "argmax", reference_labels=known_labels)
-    s_thr = ct.metrics.label_transfer_scores(q, key, "pred", reference_labels=known_labels)
-    res.update(accuracy=s_arg["accuracy"], macro_f1=s_arg["macro_f1"])
-    res["with_unknown_calls"] = {k: v for k, v in s_thr.items() if k not in ("n_cells",)}
-    if unknown:
-        is_unknown = q.obs[key].astype(str).isin(unknown).to_numpy()
-        res["unknown_auroc"] = ct.metrics.unknown_detection_auroc(is_unknown, q.obs["pred_uncertainty"])
-        res["unknown_auroc_votes_only"] = ct.metrics.unknown_detection_auroc(is_unknown, q.obs["votes_uncertainty"])
-    rep = ct.metrics.classification_report(q.obs[key], q.obs["argmax"])
-    res["per_class_f1"] = {str(k): round(float(v), 4) for k, v in rep["f1"].items()}
-    if scib:
-        joint = ad.concat([ref, query], index_unique="-")
-        joint.obsm["X_emb"] = np.vstack([np.asarray(z_ref), np.asarray(z_q)])
-        with timer() as t:
-            tab = ct.metrics.scib_scores(joint, batch, key, ["X_emb"], fast=True)
-        row = tab.loc["X_emb"]
-        res["scib"] = {str(k): float(v) for k, v in row.items() if pd.notna(v)}
-        res["scib_s"] = t["seconds"]
-    return res
+    mdata = ct.datasets.pbmc_multiome(DATA)
+    atac = mdata["atac"]
+    out: dict = {}
+    for counting in ("fragments", "cut_sites"):
+        runs = [ct.pp.peak_matrix(mdata, atac, counting=counting) for _ in range(5)]
+        info = [r.uns["peak_matrix"] for r in runs]
+        n = info[0]["n_fragments_read"]
+        out[f"pbmc_{counting}"] = {
+            "n_fragments": n,
+            "n_cells": int(runs[0].n_obs),
+            "n_peaks": int(runs[0].n_vars),
+            "median_s": float(np.median([i["seconds"] for i in info])),
+            "fragments_per_second": float(n / np.median([i["seconds"] for i in info])),
+            "fragments_per_cpu_second": float(n / np.median([i["cpu_seconds"] for i in info])),
+        }
+    # exactness against an independent per-peak count, and Cell Ranger's own cut-site matrix
+    frags = ct.io.read_fragments(atac.uns["files"]["fragments"])
+    rows = atac.obs_names.get_indexer(frags["barcode"])
+    chrom = frags["chrom"].astype(str).to_numpy()
+    expected = np.zeros(atac.shape, np.int64)
+    for j, (c, s, e) in enumerate(atac.var[["chrom", "start", "end"]].itertuples(index=False)):
+        hit = (chrom == c) & (frags["start"].to_numpy() < e) & (frags["end"].to_numpy() > s) & (rows >= 0)
+        np.add.at(expected[:, j], rows[hit], 1)
+    ours = ct.pp.peak_matrix(mdata, atac).X.toarray()
+    out["pbmc_identical_to_per_peak_count"] = bool((ours == expected).all())
+    cuts = ct.pp.peak_matrix(mdata, atac, counting="cut_sites").X.toarray()
+    tenx = np.asarray(atac.X.todense())
+    covered = cuts.sum(axis=0) > 0
+    out["pbmc_cut_sites_vs_cellranger"] = {
+        "peaks_inside_fragment_windows": int(covered.sum()),
+        "peaks_identical_in_every_cell": int((cuts[:, covered] == tenx[:, covered]).all(axis=0).sum()),
+    }
+    # a larger simulated file: 4 million fragments, 5,000 barcodes, 100,000 peaks
+    rng = np.random.default_rng(0)
+    n = 400_000 if SMOKE else 4_000_000
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sim.tsv.gz"
+        chrom = np.repeat(["chr1", "chr2", "chr3", "chr4"], n // 4)
+        start = np.sort(rng.integers(0, 200_000_000, n).reshape(4, -1), axis=1).ravel()
+        bcs = np.array([f"BC{i:06d}-1" for i in range(5000)])
+        df = pd.DataFrame({"c": chrom, "s": start, "e": start + rng.integers(50, 600, n), "b": rng.choice(bcs, n)})
+        df["n"] = 1
+        with gzip.open(path, "wt", compresslevel=1) as fh:
+            df.to_csv(fh, sep="\t", header=False, index=False)
+        peaks = pd.DataFrame({"chrom": np.repeat(["chr1", "chr2", "chr3", "chr4"], 25_000)})
+        peaks["start"] = np.tile(np.arange(25_000) * 8_000, 4)
+        peaks["end"] = peaks["start"] + 500
+        for n_jobs in (1, 2):
+            runs = [ct.pp.peak_matrix(path, peaks, n_jobs=n_jobs).uns["peak_matrix"] for _ in range(2)]
+            best = min(runs, key=lambda i: i["seconds"])
+            out[f"simulated_4M_n_jobs_{n_jobs}"] = {
+                "n_fragments": n,
+                "seconds": best["seconds"],
+                "fragments_per_second": best["fragments_per_second"],
+                "fragments_per_cpu_second": n / best["cpu_seconds"],
+            }
+    return out
 
 
-# ----------------------------------------------------------------------------------------------
-# one (data set, method) in a fresh process
-# ----------------------------------------------------------------------------------------------
-def task(dataset: str, method: str, threads: int, seed: int, scib: bool, sim_path: str | None, queue) -> None:
+TASKS = {
+    "choose": (task_choose, []),
+    "chromtools": (task_chromtools, ["choose"]),
+    "heldout": (task_heldout, ["choose"]),
+    "lsi": (task_lsi, []),
+    "peak_matrix": (task_peak_matrix, []),
+    "peakvi_200": (task_scvi, []),
+    "scanvi_200": (task_scvi, []),
+    "poissonvi_200": (task_scvi, []),
+}
+#: start order when a worker frees up (dependencies permitting): long peers early, POISSONVI last
+ORDER = ["choose", "peakvi_200", "scanvi_200", "chromtools", "heldout", "lsi", "peak_matrix", "poissonvi_200"]
+
+
+def run_one(name: str, args: dict, threads: int, queue) -> None:
     try:
-        import torch
-
-        torch.set_num_threads(threads)
         import logging
         import warnings
 
+        import torch
+
+        torch.set_num_threads(threads)
         warnings.filterwarnings("ignore")
         import scvi
 
-        from chromtools.models._reference import _quiet_lightning
-
         scvi.settings.verbosity = logging.WARNING
-        _quiet_lightning()
-        spec = DATASETS[dataset]
-        ref, query = load(dataset, sim_path)
-        rss_loaded = peak_rss_mb()
-        if method == "chromtools":
-            latents, times, extra = run_chromtools(ref, query, spec["labels"], spec["batch"], seed)
-        elif method == "lsi_knn":
-            latents, times, extra = run_lsi(ref, query, spec["labels"], spec["batch"], seed)
-        else:
-            kind, epochs = method.split("_")
-            epochs = 2 if SMOKE else int(epochs)
-            latents, times, extra = run_scvi(kind, int(epochs), ref, query, spec["labels"], spec["batch"], seed)
-        rss_peak = peak_rss_mb()
-        out = {}
-        for key, (z_ref, z_q) in latents.items():
-            res = score(ref, query, z_ref, z_q, key, spec["batch"], spec.get("unknown"), scib)
-            res.update(times[key])
-            res.update(extra[key])
-            res["latent_dim"] = int(z_ref.shape[1])
-            out[key] = res
-        queue.put(
-            {
-                "ok": True,
-                "n_reference": int(ref.n_obs),
-                "n_query": int(query.n_obs),
-                "n_features": int(ref.n_vars),
-                "peak_rss_mb": rss_peak,
-                "rss_after_loading_mb": rss_loaded,
-                "labels": out,
-            }
-        )
+        for log in ("lightning", "lightning.pytorch", "pytorch_lightning", "scvi"):
+            logging.getLogger(log).setLevel(logging.ERROR)
+        if name.endswith("_200"):
+            args = {**args, "kind": name.split("_")[0]}
+        with Clock() as c:
+            res = TASKS[name][0](args)
+        queue.put((name, {"ok": True, **res, "task_wall_s": c.wall, "peak_rss_mb": peak_rss_mb()}))
     except Exception as err:  # noqa: BLE001 - report any failure of one task and go on
-        queue.put({"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
+        queue.put((name, {"ok": False, "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}))
 
 
-def run_task(dataset, method, threads, seed, scib, sim_path) -> dict:
+def schedule(names: list[str], workers: int, threads: int, deadline: dt.datetime | None) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=task, args=(dataset, method, threads, seed, scib, sim_path, queue))
+    results: dict = {}
+    running: dict = {}
+    pending = [n for n in ORDER if n in names]
     start = time.perf_counter()
-    proc.start()
-    result = queue.get()
-    proc.join()
-    result["task_wall_s"] = time.perf_counter() - start
-    return result
+    while pending or running:
+        now = dt.datetime.now(dt.UTC)
+        if deadline is not None and now >= deadline:
+            for name, proc in running.items():
+                proc.terminate()
+                results[name] = {"ok": False, "error": f"stopped at the deadline {deadline:%H:%M} UTC (time budget)"}
+            for name in pending:
+                results[name] = {"ok": False, "error": f"not started before the deadline {deadline:%H:%M} UTC"}
+            break
+        for name in list(pending):
+            if len(running) >= workers:
+                break
+            deps = TASKS[name][1]
+            if any(d in names and d not in results for d in deps):
+                continue
+            args = {}
+            if "choose" in deps:
+                chosen = results.get("choose", {})
+                if not chosen.get("ok"):
+                    results[name] = {"ok": False, "error": "the choice of settings failed"}
+                    pending.remove(name)
+                    continue
+                args = {"chosen_kwargs": chosen["chosen_kwargs"], "chosen_name": chosen["chosen"]}
+            proc = ctx.Process(target=run_one, args=(name, args, threads, queue))
+            proc.start()
+            running[name] = proc
+            pending.remove(name)
+            print(f"[{time.perf_counter() - start:6.0f} s] started {name}", flush=True)
+        try:
+            name, res = queue.get(timeout=5)
+        except Exception:  # noqa: BLE001 - queue.Empty: nothing finished yet
+            continue
+        running.pop(name).join()
+        results[name] = res
+        status = "ok" if res["ok"] else "FAILED: " + res["error"]
+        print(f"[{time.perf_counter() - start:6.0f} s] finished {name}: {status}", flush=True)
+    return results
 
 
-def targets(results: dict) -> dict:
-    out = {}
-    g = results.get("granja_fwd", {})
-    ours = g.get("chromtools", {}).get("labels", {}).get("cell_type")
-    if ours:
-        out["granja_fine_accuracy>=0.65"] = {"value": ours["accuracy"], "met": ours["accuracy"] >= 0.65}
-        out["granja_fine_macro_f1>=0.52"] = {"value": ours["macro_f1"], "met": ours["macro_f1"] >= 0.52}
-        out["granja_query_mapping_s<=70"] = {"value": ours["query_s"], "met": ours["query_s"] <= 70}
-        out["granja_reference_training_s<=300"] = {"value": ours["reference_s"], "met": ours["reference_s"] <= 300}
-        out["frozen_reference_weights_bit_identical"] = {
-            "value": ours["frozen_identical"],
-            "met": bool(ours["frozen_identical"]),
-        }
-        peers = {
-            m: r["labels"]["cell_type"]
-            for m, r in g.items()
-            if m.startswith(("peakvi", "poissonvi")) and r.get("ok") and "cell_type" in r["labels"]
-        }
-        if peers:
-            best = max(peers, key=lambda m: peers[m]["macro_f1"])
-            p = peers[best]
-            out["better_macro_f1_than_best_peer"] = {
-                "value": ours["macro_f1"],
+def targets(res: dict) -> dict:
+    out: dict = {}
+    ours = res.get("chromtools", {})
+    if not ours.get("ok"):
+        return {"all": {"met": False, "note": "chromtools did not run"}}
+    acc, f1 = ours["mean_sd"]["accuracy"]["mean"], ours["mean_sd"]["macro_f1"]["mean"]
+    out["granja_fine_accuracy>=0.75"] = {"value": acc, "met": acc >= 0.75}
+    out["granja_fine_macro_f1>=0.62"] = {"value": f1, "met": f1 >= 0.62}
+    peers = {}
+    for m in ("peakvi_200", "scanvi_200", "poissonvi_200"):
+        if res.get(m, {}).get("ok"):
+            peers[m] = res[m]
+    if res.get("lsi", {}).get("ok"):
+        peers.update({m: res["lsi"][m] for m in ("lsi_knn", "lsi_lda_knn")})
+    out["above_every_peer_run"] = {
+        "value": {"accuracy": acc, "macro_f1": f1},
+        "peers": {m: {"accuracy": p["accuracy"], "macro_f1": p["macro_f1"]} for m, p in peers.items()},
+        "met": bool(peers) and all(acc > p["accuracy"] and f1 > p["macro_f1"] for p in peers.values()),
+        "peers_not_run": [m for m in ("peakvi_200", "scanvi_200", "poissonvi_200") if not res.get(m, {}).get("ok")],
+    }
+    deep = {m: p for m, p in peers.items() if m.endswith("_200")}
+    if deep:
+        best = max(deep, key=lambda m: deep[m]["macro_f1"])
+        p = deep[best]
+        for what, need in (("query", 5.0), ("reference", 3.0)):
+            mine = ours["mean_sd"][f"{what}_s"]["mean"]
+            mine_cpu = ours["mean_sd"][f"{what}_cpu_s"]["mean"]
+            ratio = p[f"{what}_s"] / mine
+            ratio_cpu = p[f"{what}_cpu_s"] / mine_cpu
+            out[f"{what}_speedup_vs_best_200_epoch_peer>={need:g}"] = {
                 "best_peer": best,
-                "best_peer_macro_f1": p["macro_f1"],
-                "met": ours["macro_f1"] > p["macro_f1"],
+                "value_wall": ratio,
+                "value_cpu": ratio_cpu,
+                "met": min(ratio, ratio_cpu) >= need,
             }
-            out["query_speedup_vs_best_peer>=7"] = {
-                "value": p["query_s"] / ours["query_s"],
-                "met": p["query_s"] / ours["query_s"] >= 7,
-            }
-            out["reference_speedup_vs_best_peer>=3.5"] = {
-                "value": p["reference_s"] / ours["reference_s"],
-                "met": p["reference_s"] / ours["reference_s"] >= 3.5,
-            }
-    sim = results.get("sim", {}).get("chromtools", {}).get("labels", {}).get("cell_type")
-    if sim:
-        out["sim_unknown_auroc>=0.9"] = {"value": sim["unknown_auroc"], "met": sim["unknown_auroc"] >= 0.9}
-        out["sim_frozen_reference_weights_bit_identical"] = {
-            "value": sim["frozen_identical"],
-            "met": bool(sim["frozen_identical"]),
+    held = res.get("heldout", {})
+    if held.get("ok"):
+        vals = {t: held[t]["unknown_auroc_novelty"] for t in HELD_OUT if t in held}
+        out["granja_heldout_unknown_auroc>=0.95"] = {
+            "value": vals,
+            "met": bool(vals) and min(vals.values()) >= 0.95,
+            "rule": "met only if every held-out type reaches 0.95",
         }
+    pm = res.get("peak_matrix", {})
+    if pm.get("ok"):
+        fps = pm["pbmc_fragments"]["fragments_per_second"]
+        out["peak_matrix_pbmc>=2M_fragments_per_s"] = {
+            "value": fps,
+            "value_per_cpu_second": pm["pbmc_fragments"]["fragments_per_cpu_second"],
+            "simulated_4M_best": max(pm[k]["fragments_per_second"] for k in pm if k.startswith("simulated_4M")),
+            "met": fps >= 2e6,
+            "note": "shared 2-core machine under load from other jobs",
+        }
+        out["peak_matrix_identical_to_reference_count"] = {
+            "value": pm["pbmc_identical_to_per_peak_count"],
+            "met": bool(pm["pbmc_identical_to_per_peak_count"]),
+        }
+    frozen = ours["seeds"][str(SEEDS[0])]["frozen_identical"]
+    out["frozen_reference_weights_bit_identical"] = {"value": frozen, "met": bool(frozen)}
     return out
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per task")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="skip the 200-epoch peers")
-    parser.add_argument("--only", default=",".join(DATASETS), help="comma-separated data sets")
-    parser.add_argument("--methods", default=None, help="comma-separated methods (default: all)")
-    parser.add_argument("--no-scib", action="store_true", help="skip the scIB scores")
+    parser.add_argument("--workers", type=int, default=2, help="tasks run at once")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per task")
+    parser.add_argument("--only", default=",".join(ORDER), help="comma-separated tasks")
+    parser.add_argument("--deadline", default=None, help="HH:MM UTC: stop tasks still running, skip unstarted ones")
     parser.add_argument("--out", default="mapping", help="results name (benchmarks/results/<out>.json)")
     args = parser.parse_args(argv)
     require_data()
-    datasets = [d for d in args.only.split(",") if d]
-    unknown = set(datasets) - set(DATASETS)
-    if unknown:
-        parser.error(f"unknown data sets {sorted(unknown)}; choose from {list(DATASETS)}")
-    plan = []
-    for d in datasets:
-        methods = ["chromtools", "lsi_knn", "peakvi_50", "poissonvi_50"]
-        if d == "granja_fwd" and not args.quick:
-            methods += ["peakvi_200", "poissonvi_200"]
-        if args.methods:
-            methods = [m for m in methods if m in args.methods.split(",")]
-        plan += [(d, m) for m in methods]
+    names = [n for n in args.only.split(",") if n]
+    bad = set(names) - set(TASKS)
+    if bad:
+        parser.error(f"unknown tasks {sorted(bad)}; choose from {list(TASKS)}")
+    deadline = None
+    if args.deadline:
+        h, m = (int(x) for x in args.deadline.split(":"))
+        deadline = dt.datetime.now(dt.UTC).replace(hour=h, minute=m, second=0, microsecond=0)
+    import subprocess
+
+    import scvi
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
     start = time.perf_counter()
-    results: dict = {d: {} for d in datasets}
-    with tempfile.TemporaryDirectory(prefix="ct_bench_mapping_") as tmp:
-        sim_path = None
-        if "sim" in datasets:
-            sim_path = str(Path(tmp) / "sim.h5ad")
-            with timer() as t:
-                simulate(sim_path)
-            print(f"simulated the scATAC set in {t['seconds']:.0f} s", flush=True)
-        for d, m in plan:
-            print(f"[{time.perf_counter() - start:7.0f} s] {d} / {m} ...", flush=True)
-            res = run_task(d, m, args.threads, args.seed, not args.no_scib, sim_path)
-            results[d][m] = res
-            if res["ok"]:
-                for key, r in res["labels"].items():
-                    print(
-                        f"    {key}: acc {r['accuracy']:.3f} F1 {r['macro_f1']:.3f} "
-                        f"ref {r['reference_s']:.0f} s query {r['query_s']:.1f} s"
-                        + (f" AUROC {r['unknown_auroc']:.3f}" if "unknown_auroc" in r else ""),
-                        flush=True,
-                    )
-            else:
-                print("    FAILED:", res["error"], flush=True)
+    results = schedule(names, args.workers, args.threads, deadline)
     summary = {
         "description": __doc__.split("\n\n")[0],
         "command": "python benchmarks/mapping.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine(),
+        "git_commit": commit.stdout.strip(),
+        "machine": {**machine(), "scvi_tools": scvi.__version__, "note": "2 cores shared with other jobs"},
+        "workers": args.workers,
         "threads_per_task": args.threads,
-        "seed": args.seed,
         "n_neighbors": N_NEIGHBORS,
-        "simulation": SIM,
+        "seeds": SEEDS,
+        "candidates": CANDIDATES,
+        "held_out_types": HELD_OUT,
+        "smoke": SMOKE,
         "total_wall_s": time.perf_counter() - start,
         "results": results,
         "targets": targets(results),

@@ -50,6 +50,7 @@ def test_hand_computed_inverse_distance_vote():
     assert query.obs["cell_type_pred"].iloc[0] == "A"
     assert query.obs["cell_type_pred_probability"].iloc[0] == pytest.approx(0.6)
     assert query.obs["cell_type_pred_uncertainty"].iloc[0] == pytest.approx(0.4)
+    assert query.obs["cell_type_pred_ambiguity"].iloc[0] == pytest.approx(1 - (0.6 - 0.4))
 
 
 @pytest.mark.parametrize("weighting", ["gaussian", "scarches", "distance", "uniform"])
@@ -109,6 +110,62 @@ def test_novelty_flags_cells_far_from_every_reference_cell():
     assert np.median(ratio[~is_novel]) < 1.0 < ratio[is_novel].min()
 
 
+def test_ambiguity_and_novelty_tell_apart_between_types_and_unlike_any_type():
+    rng = np.random.default_rng(5)
+    a = rng.normal(0, 0.3, size=(300, 2))
+    b = rng.normal(0, 0.3, size=(300, 2)) + [2, 0]
+    ref = _adata(np.vstack([a, b]), ["A"] * 300 + ["B"] * 300)
+    query = _adata([[0.0, 0.0], [1.0, 0.0], [-1.0, 6.0]])  # inside A; between A and B; far from both (nearer A)
+    ct.tl.transfer_labels(query, ref, "cell_type", n_neighbors=30)
+    amb = query.obs["cell_type_pred_ambiguity"].to_numpy()
+    nov = query.obs["cell_type_pred_novelty"].to_numpy()
+    pv = query.obs["cell_type_pred_novelty_pvalue"].to_numpy()
+    assert amb[0] < 0.05 and amb[1] > 0.5 and amb[2] < 0.5  # the far cell's neighbours mostly agree
+    assert nov[2] > 5 * max(nov[0], nov[1])
+    assert pv[2] == pytest.approx(1 / 601) and pv[0] > 0.1
+    assert query.obs["cell_type_pred"].astype(str).tolist() == ["A", query.obs["cell_type_pred"].iloc[1], "Unknown"]
+    assert query.obs["cell_type_pred"].iloc[1] != "Unknown"  # ambiguous, not novel
+    assert query.uns["cell_type_pred"]["n_novel"] == 1
+
+
+def test_novelty_threshold_is_calibrated_leave_one_batch_out():
+    """On query cells drawn like the reference, about 1 - novelty_quantile of them are called Unknown."""
+    rng = np.random.default_rng(6)
+    centres = rng.normal(0, 4, size=(4, 5))
+
+    def draw(n, shift):
+        lab = rng.integers(0, 4, n)
+        return centres[lab] + rng.normal(size=(n, 5)) + shift, [f"t{i}" for i in lab]
+
+    xa, la = draw(1500, 0.0)
+    xb, lb = draw(1500, 0.3)  # a second reference batch, slightly shifted
+    ref = _adata(np.vstack([xa, xb]), la + lb)
+    ref.obs["batch"] = ["a"] * 1500 + ["b"] * 1500
+    xq, _ = draw(2000, 0.15)
+    novel = rng.normal(size=(200, 5)) + [9, 9, 9, 9, 9]
+    query = _adata(np.vstack([xq, novel]))
+    is_novel = np.r_[np.zeros(2000, bool), np.ones(200, bool)]
+    ct.tl.transfer_labels(query, ref, "cell_type", batch_key="batch", novelty_quantile=0.95)
+    info = query.uns["cell_type_pred"]
+    assert info["calibration"] == "leave-one-batch-out" and info["n_calibration_cells"] == 3000
+    called = query.obs["cell_type_pred"].astype(str).to_numpy() == "Unknown"
+    assert 0.01 < called[~is_novel].mean() < 0.10  # about 5 %
+    assert called[is_novel].mean() > 0.99
+    pv = query.obs["cell_type_pred_novelty_pvalue"].to_numpy()[~is_novel]
+    assert 0.4 < pv.mean() < 0.6  # conformal p-values of exchangeable cells are about uniform
+    assert ct.metrics.unknown_detection_auroc(is_novel, query.obs["cell_type_pred_novelty"]) > 0.99
+    # the batch column recorded by train_reference is the default
+    ref.uns["X_reference"] = {"params": {"batch_key": "batch"}}
+    ct.tl.transfer_labels(query, ref, "cell_type", key_added="auto")
+    assert query.uns["auto"]["calibration"] == "leave-one-batch-out"
+    ct.tl.transfer_labels(query, ref, "cell_type", calibration="leave-one-out", key_added="loo")
+    assert query.uns["loo"]["calibration"] == "leave-one-out"
+    with pytest.raises(ValueError, match="calibration must be one of"):
+        ct.tl.transfer_labels(query, ref, "cell_type", calibration="split")
+    with pytest.raises(KeyError, match="no obs column 'donor'"):
+        ct.tl.transfer_labels(query, ref, "cell_type", batch_key="donor")
+
+
 def test_distance_ratio_is_about_one_for_cells_like_the_reference():
     rng = np.random.default_rng(3)
     ref = rng.normal(size=(2000, 4))
@@ -140,7 +197,11 @@ def test_any_embedding_a_stored_model_or_a_saved_folder_can_be_the_reference(tmp
     ct.tl.transfer_labels(query, tmp_path / "m", "cell_type", key_added="from_folder")
     for key in ("from_model", "from_folder"):
         np.testing.assert_allclose(query.obs[f"{key}_probability"], query.obs["from_adata_probability"])
-    assert (query.obs["from_adata"].astype(str) == truth).mean() > 0.9
+        np.testing.assert_allclose(query.obs[f"{key}_novelty"], query.obs["from_adata_novelty"], rtol=1e-5)
+    pred = query.obs["from_adata"].astype(str)
+    assert ((pred == truth) | (pred == "Unknown")).mean() > 0.97
+    assert (pred == "Unknown").mean() < 0.2  # a one-batch reference calibrates leave-one-out: tighter
+    assert query.uns["from_adata"]["calibration"] == "leave-one-out"
     assert query.uns["from_model"]["params"]["n_neighbors"] == 15
 
 

@@ -13,7 +13,7 @@ import torch
 
 import chromtools as ct
 from chromtools.models import freeze_for_surgery, reference_state_dict
-from chromtools.tl._mapping import _aligned_matrix, feature_indexer
+from chromtools.tl._mapping import feature_indexer
 
 SMALL = {"n_hidden": 32, "n_latent": 6}
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,7 +129,9 @@ def test_feature_indexer_and_zero_filled_alignment():
     idx, frac, how = feature_indexer(pd.Index(["d", "x", "b"]), ref_names, min_overlap=0.5)
     np.testing.assert_array_equal(idx, [-1, 2, -1, 0])
     assert frac == 0.5 and how == "names"
-    np.testing.assert_array_equal(_aligned_matrix(X, idx).toarray(), [[0, 2, 0, 1], [0, 4, 0, 0]])
+    S, info = ct.pp.feature_map(pd.Index(["d", "x", "b"]), ref_names, matching="names")
+    np.testing.assert_array_equal((X @ S).toarray(), [[0, 2, 0, 1], [0, 4, 0, 0]])
+    assert info["n_shared"] == 2 and info["matched_by"] == "names"
 
 
 def test_peak_names_in_another_style_match_by_coordinates():
@@ -170,11 +172,11 @@ def test_low_overlap_warns_and_too_low_or_no_overlap_is_refused(sim, reference):
     n = query.n_vars
     with pytest.warns(UserWarning, match=r"Only 70\.0% of the reference's features"):
         ct.tl.map_query(query[:, : int(0.7 * n)].copy(), model, max_epochs=1)
-    with pytest.raises(ValueError, match=r"Only 40\.0%.*needs at least 50%"):
+    with pytest.raises(ValueError, match=r"Only 40\.0%.*at least 50%"):
         ct.tl.map_query(query[:, : int(0.4 * n)].copy(), model, max_epochs=1)
     ct.tl.map_query(query[:, : int(0.4 * n)].copy(), model, max_epochs=1, min_overlap=0.3)  # allowed on request
     renamed = query.copy()
-    renamed.var_names = [f"gene{i}" for i in range(n)]
+    renamed.var = pd.DataFrame(index=[f"gene{i}" for i in range(n)])  # no names nor coordinates to match
     with pytest.raises(ValueError, match="shares no features with the reference"):
         ct.tl.map_query(renamed, model)
 
@@ -312,3 +314,31 @@ def test_copy_and_determinism(sim, reference):
     np.testing.assert_array_equal(out.obsm["X_reference"], again.obsm["X_reference"])
     res, qm = ct.tl.map_query(query, model, max_epochs=3, copy=True, return_model=True)
     assert isinstance(qm, ct.models.PeakSCANVI) and res is not query
+
+
+def test_query_with_its_own_peaks_maps_by_overlap(sim, reference):
+    """Peaks re-called on the query (shifted, resized, some missing) are matched by overlap, with a warning."""
+    ref_adata, model = reference
+    query = sim[1].copy()
+    ct.tl.map_query(query, model, max_epochs=5, random_state=0)
+    ct.tl.transfer_labels(query, ref_adata, "cell_type", novelty=False, key_added="exact")
+    rng = np.random.default_rng(3)
+    own = query.copy()
+    start = own.var["start"].to_numpy() + rng.integers(-150, 150, own.n_vars)
+    end = own.var["end"].to_numpy() + rng.integers(-150, 150, own.n_vars)
+    own.var_names = [f"{c}:{s}-{e}" for c, s, e in zip(own.var["chrom"], start, end, strict=True)]
+    own.var["start"], own.var["end"] = start, end
+    own = own[:, rng.random(own.n_vars) < 0.9].copy()  # and 10 % of the peaks were not called
+    with pytest.warns(UserWarning, match="peaks differ from the reference's.*peak_matrix"):
+        ct.tl.map_query(own, model, max_epochs=5, random_state=0)
+    info = own.uns["X_reference"]["features"]
+    assert info["matched_by"] == "peak overlap" and info["overlap_rule"] == "sum"
+    assert 0.85 < info["overlap"] < 0.95 and info["n_shared"] == round(info["overlap"] * info["n_features"])
+    ct.tl.transfer_labels(own, ref_adata, "cell_type", novelty=False, key_added="overlap")
+    truth = own.obs["cell_type"].astype(str)
+    known = truth != "type_3"
+    acc_exact = (query.obs["exact"].astype(str) == truth)[known].mean()
+    acc_overlap = (own.obs["overlap"].astype(str) == truth)[known].mean()
+    assert acc_overlap > 0.9 and acc_overlap > acc_exact - 0.05
+    with pytest.raises(ValueError, match="shares no features.*peak_matrix"):
+        ct.tl.map_query(own, model, feature_matching="names", max_epochs=1)

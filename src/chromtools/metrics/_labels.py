@@ -151,7 +151,9 @@ def label_transfer_scores(
         "unknown": they are left out of accuracy and F1 and are the positives of the AUROC.
         Default: every true label is known.
     uncertainty_key
-        ``obs`` column of the uncertainty (default ``pred_key + '_uncertainty'`` if present).
+        ``obs`` column scoring how likely a cell is unknown (default ``pred_key + '_novelty'``
+        if present — written by :func:`chromtools.tl.transfer_labels` — else
+        ``pred_key + '_uncertainty'``).
     unknown_label
         The label given to cells called unknown.
 
@@ -173,8 +175,11 @@ def label_transfer_scores(
         out["accuracy"] = accuracy(t[known], p[known])
         out["macro_f1"] = macro_f1(t[known], p[known])
         out["fraction_unknown_called"] = float(np.mean(p[known] == unknown_label))
-    if uncertainty_key is None and f"{pred_key}_uncertainty" in adata.obs:
-        uncertainty_key = f"{pred_key}_uncertainty"
+    if uncertainty_key is None:
+        for suffix in ("_novelty", "_uncertainty"):
+            if f"{pred_key}{suffix}" in adata.obs:
+                uncertainty_key = f"{pred_key}{suffix}"
+                break
     if (~known).any():
         out["unknown_recall"] = float(np.mean(p[~known] == unknown_label))
         if uncertainty_key is not None and known.any():

@@ -11,6 +11,8 @@ import scipy.sparse as sp
 from chromtools._docs import doc_params
 from chromtools._utils import get_modality
 
+from ._align import Matching
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
@@ -54,6 +56,7 @@ def lsi(
     *,
     layer: str | None = None,
     reference: AnnData | MuData | None = None,
+    matching: Matching = "auto",
     drop_first: bool = True,
     normalize: bool = True,
     mod: str | None = None,
@@ -76,7 +79,10 @@ def lsi(
         Layer of counts (default ``X``).
     reference
         Project onto the LSI of this reference (it must have been through :func:`lsi`):
-        features are matched by name, missing ones count as zero.
+        features are matched as :func:`chromtools.pp.feature_map` does, missing ones count as zero.
+    matching
+        How query features are matched to the reference's (``'auto'``, ``'names'``,
+        ``'overlap'``; see :func:`chromtools.pp.feature_map`).
     drop_first
         Drop the first component, which mostly tracks sequencing depth.
     normalize
@@ -120,7 +126,7 @@ def lsi(
         # T @ V (= U S for an exact SVD) is exactly what a projected query gets
         coords = np.asarray(T @ loadings, dtype=np.float32)
     else:
-        from chromtools.tl._mapping import _aligned_matrix, feature_indexer
+        from ._align import apply_feature_map, feature_map
 
         ref = get_modality(reference, mod)
         if key_added not in ref.uns or key_added not in ref.varm:
@@ -128,8 +134,8 @@ def lsi(
             raise KeyError(msg)
         params = ref.uns[key_added]["params"]
         drop_first, normalize = params["drop_first"], params["normalize"]
-        idx, _, _ = feature_indexer(adata.var_names, ref.var_names, min_overlap=0.0, what="query")
-        T, _ = tfidf_matrix(_aligned_matrix(X, idx), np.asarray(ref.uns[key_added]["idf"]))
+        S, _ = feature_map(adata.var, ref.var, matching=matching, min_overlap=0.0, what="query")
+        T, _ = tfidf_matrix(apply_feature_map(X, S), np.asarray(ref.uns[key_added]["idf"]))
         coords = np.asarray(T @ np.asarray(ref.varm[key_added]), dtype=np.float32)
         adata.uns[key_added] = {"params": {**params, "projected": True}}
     if drop_first:

@@ -23,8 +23,10 @@ Weighting = Literal["gaussian", "scarches", "distance", "uniform"]
 WEIGHTINGS = ("gaussian", "scarches", "distance", "uniform")
 
 
-def _reference_arrays(reference, labels_key: str, use_rep: str, mod: str | None) -> tuple[np.ndarray, pd.Series]:
-    """Latent codes and labels of the reference: from AnnData/MuData, a model, or a saved model folder."""
+def _reference_arrays(
+    reference, labels_key: str, use_rep: str, mod: str | None
+) -> tuple[np.ndarray, pd.Series, pd.DataFrame, str | None]:
+    """Latent codes, labels, obs and batch column of the reference: from AnnData/MuData, a model or a folder."""
     from anndata import AnnData
     from mudata import MuData
 
@@ -39,14 +41,19 @@ def _reference_arrays(reference, labels_key: str, use_rep: str, mod: str | None)
         if labels_key not in ref.obs:
             msg = f"The reference has no obs column '{labels_key}'; pass labels_key=<a reference obs column>."
             raise KeyError(msg)
-        return np.asarray(ref.obsm[use_rep]), ref.obs[labels_key]
+        params = ref.uns.get(use_rep, {}).get("params", {}) if isinstance(ref.uns.get(use_rep), dict) else {}
+        return np.asarray(ref.obsm[use_rep]), ref.obs[labels_key], ref.obs, params.get("batch_key")
     store = None
+    registry: dict = {}
     if isinstance(reference, str | os.PathLike):
         from chromtools.models._reference import check_saved_reference
 
-        store = check_saved_reference(reference).get("reference_")
+        attrs = check_saved_reference(reference)
+        store = attrs.get("reference_")
+        registry = attrs.get("registry_") or {}
     else:
         store = getattr(reference, "reference_", None)
+        registry = getattr(reference, "registry", None) or {}
     if store is None:
         msg = (
             "This reference model stores no reference cells. Call model.store_reference(reference_adata) "
@@ -57,7 +64,8 @@ def _reference_arrays(reference, labels_key: str, use_rep: str, mod: str | None)
     if labels_key not in obs:
         msg = f"The stored reference has no label column '{labels_key}'; it has {list(obs.columns)}."
         raise KeyError(msg)
-    return np.asarray(store["latent"]), obs[labels_key]
+    batch_state = registry.get("field_registries", {}).get("batch", {}).get("state_registry", {})
+    return np.asarray(store["latent"]), obs[labels_key], obs, batch_state.get("original_key")
 
 
 def _weights(dist: np.ndarray, weighting: Weighting) -> np.ndarray:
@@ -129,6 +137,83 @@ def knn_label_probabilities(
     return pd.DataFrame(P, columns=pd.Index(classes, name="label")), dist, idx
 
 
+def _radius(latent: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each cell's median distance to its ``k`` nearest other cells, and those distances and indices."""
+    from sklearn.neighbors import NearestNeighbors
+
+    kk = min(k + 1, latent.shape[0])
+    d, i = NearestNeighbors(n_neighbors=kk).fit(latent).kneighbors(latent)
+    d, i = d[:, 1:], i[:, 1:]  # drop the cell itself
+    return np.maximum(np.median(d, axis=1), 1e-12), d, i
+
+
+def _ratio(dist: np.ndarray, idx: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Median distance to the k neighbours over the median radius of those neighbours."""
+    return np.median(dist, axis=1) / np.median(radius[idx], axis=1)
+
+
+CalibrationMethod = Literal["auto", "leave-one-batch-out", "leave-one-out"]
+CALIBRATIONS = ("auto", "leave-one-batch-out", "leave-one-out")
+
+
+def novelty_calibration(
+    reference_latent: np.ndarray,
+    *,
+    n_neighbors: int = 15,
+    batches=None,
+    method: CalibrationMethod = "auto",
+) -> tuple[np.ndarray, str]:
+    """Novelty scores of reference cells scored as if they were query cells: the null distribution.
+
+    The novelty of a cell is its median distance to its ``n_neighbors`` nearest reference cells
+    divided by the median "radius" of those neighbours (each one's median distance to its own
+    nearest reference cells), which adapts to dense and sparse regions of the space.
+
+    ``'leave-one-batch-out'`` scores the cells of each reference batch against the reference
+    without that batch (a held-out batch looks like a query, batch effect included);
+    ``'leave-one-out'`` scores each cell against all other reference cells (tighter: a query
+    from a new batch lies a little farther). ``'auto'`` takes the first when ``batches`` has at
+    least two batches of ``n_neighbors`` cells or more, else the second.
+
+    Returns
+    -------
+    One score per reference cell, and the method used.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    if method not in CALIBRATIONS:
+        msg = f"calibration must be one of {CALIBRATIONS}, got {method!r}."
+        raise ValueError(msg)
+    ref = np.asarray(reference_latent, np.float32)
+    k = int(min(n_neighbors, ref.shape[0] - 1))
+    if k < 1:
+        msg = "Novelty needs at least 2 reference cells."
+        raise ValueError(msg)
+    usable = None
+    if batches is not None:
+        b = pd.Series(np.asarray(batches)).astype(str)
+        counts = b.value_counts()
+        usable = b.to_numpy() if (counts >= k).sum() >= 2 and (counts.size >= 2) else None
+    if method == "leave-one-batch-out" and usable is None:
+        msg = (
+            "calibration='leave-one-batch-out' needs the reference's batches (batch_key=...) with at least two "
+            f"batches of {k} cells or more; use calibration='leave-one-out'."
+        )
+        raise ValueError(msg)
+    if method == "leave-one-out" or (method == "auto" and usable is None):
+        radius, d, i = _radius(ref, k)
+        return _ratio(d, i, radius), "leave-one-out"
+    scores = np.empty(ref.shape[0])
+    for batch in pd.unique(usable):
+        held = usable == batch
+        rest = ref[~held]
+        kk = min(k, rest.shape[0] - 1)
+        radius, _, _ = _radius(rest, kk)
+        d, i = NearestNeighbors(n_neighbors=kk).fit(rest).kneighbors(ref[held])
+        scores[held] = _ratio(d, i, radius)
+    return scores, "leave-one-batch-out"
+
+
 def distance_ratio(
     reference_latent: np.ndarray,
     query_dist: np.ndarray,
@@ -138,40 +223,24 @@ def distance_ratio(
 ) -> np.ndarray:
     """How far each query cell lies from the reference, relative to the reference's own spacing.
 
-    For a query cell, the median distance to its k reference neighbours is divided by the
-    median "radius" of those neighbours (each reference cell's median distance to its own k
-    nearest reference cells), which adapts to dense and sparse regions of the space. The ratio
-    is then divided by the ``quantile`` of the same ratio over reference cells (leave-one-out),
-    so that values above 1 mean "farther from the reference than 99 % of reference cells are
-    from theirs": a cell of a type absent from the reference.
-
-    Parameters
-    ----------
-    reference_latent
-        Reference coordinates.
-    query_dist, query_idx
-        Distances to and indices of each query cell's k reference neighbours.
-    quantile
-        Quantile of the reference's own ratios used as the unit.
+    The novelty score of :func:`novelty_calibration` of each query cell (neighbours given by
+    ``query_dist``/``query_idx``), divided by the ``quantile`` of the same score over reference
+    cells left out one at a time: values above 1 mean "farther from the reference than 99 % of
+    reference cells are from the rest".
 
     Returns
     -------
     The calibrated distance ratio of every query cell.
     """
-    from sklearn.neighbors import NearestNeighbors
-
     k = query_idx.shape[1]
     n_ref = reference_latent.shape[0]
     if n_ref < 3:
         return np.ones(query_idx.shape[0])
-    kk = min(k + 1, n_ref)
     ref = np.asarray(reference_latent, np.float32)
-    d_ref, i_ref = NearestNeighbors(n_neighbors=kk).fit(ref).kneighbors(ref)
-    radius = np.maximum(np.median(d_ref[:, 1:], axis=1), 1e-12)
-    ratio_ref = radius / np.median(radius[i_ref[:, 1:]], axis=1)
-    unit = max(float(np.quantile(ratio_ref, quantile)), 1e-12)
-    ratio = np.median(query_dist, axis=1) / np.median(radius[query_idx], axis=1)
-    return ratio / unit
+    radius, _, _ = _radius(ref, min(k, n_ref - 1))
+    null, _ = novelty_calibration(ref, n_neighbors=k, method="leave-one-out")
+    unit = max(float(np.quantile(null, quantile)), 1e-12)
+    return _ratio(query_dist, query_idx, radius) / unit
 
 
 @doc_params
@@ -183,9 +252,11 @@ def transfer_labels(
     use_rep: str = "X_reference",
     n_neighbors: int = 15,
     weighting: Weighting = "gaussian",
-    threshold: float = 0.5,
+    threshold: float = 0.0,
     novelty: bool = True,
     novelty_quantile: float = 0.99,
+    calibration: CalibrationMethod = "auto",
+    batch_key: str | None = None,
     unknown_label: str = "Unknown",
     mod: str | None = None,
     key_added: str | None = None,
@@ -195,15 +266,26 @@ def transfer_labels(
 
     For each query cell, the ``n_neighbors`` nearest reference cells in the shared space
     ``obsm[use_rep]`` vote for their label with weights that decrease with distance; the vote
-    share of the winning label is its probability (as in scArches). Votes alone cannot tell a
-    cell of a type absent from the reference — its nearest reference cells may all agree
-    although they are far away — so, with ``novelty=True``, the probability is also multiplied
-    by the cell's proximity to the reference, ``exp(-max(r - 1, 0))``, where ``r`` is the
-    :func:`distance_ratio` (1 = as far from the reference as the 99th percentile of reference
-    cells are from their own neighbours). The uncertainty is ``1 - probability``, and cells
-    whose probability is below ``threshold`` are called ``unknown_label``. The computation is
-    vectorised (neighbour searches and one sparse product), so millions of query cells take
-    seconds.
+    share of the winning label is its probability (as in scArches). Two further numbers per
+    cell tell apart two reasons to doubt a label:
+
+    **ambiguity** — the cell lies *between known types*: ``1 - (p1 - p2)``, one minus the margin
+    between the two largest vote shares (0: unanimous neighbours, 1: a tie).
+
+    **novelty** — the cell is *unlike anything in the reference*: its median distance to its
+    reference neighbours divided by those neighbours' own median distance to their nearest
+    reference cells. Votes cannot see this — the nearest reference cells of a cell of an absent
+    type may all agree although they are far away. The score is calibrated on the reference
+    itself (:func:`novelty_calibration`): reference cells are scored the same way with their
+    own batch left out (``'leave-one-batch-out'``, when the reference has two or more batches)
+    or themselves left out (``'leave-one-out'``), and the ``novelty_quantile`` of those scores
+    is the threshold. This is a split-conformal test: a query cell like the reference exceeds
+    it with probability about ``1 - novelty_quantile``, and its conformal p-value is written
+    too. Cells above the threshold are called ``unknown_label``.
+
+    Cells whose vote share is below ``threshold`` are also called ``unknown_label`` (default 0:
+    never — ambiguity alone does not make a cell unknown). The computation is vectorised
+    (neighbour searches and one sparse product).
 
     Parameters
     ----------
@@ -223,14 +305,20 @@ def transfer_labels(
         Neighbour weights: ``'gaussian'`` (kernel with per-cell bandwidth, default),
         ``'scarches'`` (scArches' rule), ``'distance'`` (inverse distance) or ``'uniform'``.
     threshold
-        Cells whose best label has a probability below this value get ``unknown_label``
-        (0: never).
+        Cells whose best label has a vote share below this value also get ``unknown_label``.
     novelty
-        Lower the probability of cells far from every reference cell (see above).
+        Score novelty and call novel cells ``unknown_label``.
     novelty_quantile
-        Quantile of the reference's own distance ratios that defines ratio 1.
+        Quantile of the reference's calibration scores used as the novelty threshold (1 minus
+        the false-Unknown rate aimed at on cells of known types).
+    calibration
+        ``'auto'``, ``'leave-one-batch-out'`` or ``'leave-one-out'`` (see above).
+    batch_key
+        Reference ``obs`` column of batches for leave-one-batch-out; default the batch column
+        recorded by :func:`chromtools.tl.train_reference` (``uns[use_rep]['params']``) or the
+        reference model's.
     unknown_label
-        Label of cells below ``threshold``.
+        Label of novel cells (and of cells below ``threshold``).
     {mod}
     key_added
         Prefix of the written columns; default ``f'{labels_key}_pred'``.
@@ -241,20 +329,31 @@ def transfer_labels(
     Writes to the query (``None``, or the copy when ``copy=True``):
 
     ``obs['{labels_key}_pred' | key_added]``
-        Predicted label (categorical), ``unknown_label`` below the threshold.
+        Predicted label (categorical), ``unknown_label`` for novel cells.
     ``obs[... + '_probability']``
-        Weighted vote share of the best label (times the proximity with ``novelty=True``).
-    ``obs[... + '_uncertainty']``
-        ``1 - probability``.
+        Weighted vote share of the best label.
+    ``obs[... + '_ambiguity']``
+        ``1 - (p1 - p2)``: between known types.
+    ``obs[... + '_novelty']``
+        The novelty score (``novelty=True``).
+    ``obs[... + '_novelty_pvalue']``
+        Conformal p-value of the novelty score against the reference's calibration scores.
     ``obs[... + '_distance_ratio']``
-        The calibrated :func:`distance_ratio` (``novelty=True`` only).
+        Novelty divided by the calibrated threshold (above 1: called unknown).
+    ``obs[... + '_uncertainty']``
+        One derived number, ``1 - probability · exp(-max(distance_ratio - 1, 0))`` (``1 -
+        probability`` with ``novelty=False``), for plots that want a single score.
     ``obsm[... + '_probabilities']``
         Vote share of every reference label (DataFrame; rows sum to 1).
-    ``uns[...]['params']``
-        The parameters of this call.
+    ``uns[...]``
+        ``params``; with novelty, ``novelty_threshold``, ``calibration`` (the method used) and
+        ``n_calibration_cells``.
     """
     if not 0.0 <= threshold <= 1.0:
         msg = f"threshold must be between 0 and 1 (a probability), got {threshold}."
+        raise ValueError(msg)
+    if not 0.0 < novelty_quantile <= 1.0:
+        msg = f"novelty_quantile must be in (0, 1], got {novelty_quantile}."
         raise ValueError(msg)
     if copy:
         query = query.copy()
@@ -267,7 +366,7 @@ def transfer_labels(
             "or pass use_rep=<an obsm key present in both>."
         )
         raise KeyError(msg)
-    ref_latent, ref_labels = _reference_arrays(reference, labels_key, use_rep, mod)
+    ref_latent, ref_labels, ref_obs, default_batch = _reference_arrays(reference, labels_key, use_rep, mod)
     n_missing = int(pd.isna(ref_labels).sum())
     if n_missing:
         msg = (
@@ -285,32 +384,61 @@ def transfer_labels(
     if not (np.all(np.isfinite(q_latent)) and np.all(np.isfinite(ref_latent))):
         msg = f"obsm['{use_rep}'] contains NaN or infinite values."
         raise ValueError(msg)
+    if batch_key is not None and batch_key not in ref_obs:
+        msg = f"The reference has no obs column '{batch_key}' (batch_key); pass an existing column or None."
+        raise KeyError(msg)
     probs, dist, idx = knn_label_probabilities(
         ref_latent, ref_labels.to_numpy(), q_latent, n_neighbors=n_neighbors, weighting=weighting
     )
     probs.index = target.obs_names
-    best = probs.to_numpy().argmax(axis=1)
-    p_best = np.clip(probs.to_numpy()[np.arange(best.size), best], 0.0, 1.0)
-    ratio = None
-    if novelty:
-        if not 0.0 < novelty_quantile <= 1.0:
-            msg = f"novelty_quantile must be in (0, 1], got {novelty_quantile}."
-            raise ValueError(msg)
-        ratio = distance_ratio(ref_latent, dist, idx, quantile=novelty_quantile)
-        p_best = p_best * np.exp(-np.maximum(ratio - 1.0, 0.0))
+    P = probs.to_numpy()
+    best = P.argmax(axis=1)
+    p_best = np.clip(P[np.arange(best.size), best], 0.0, 1.0)
+    top2 = -np.sort(-P, axis=1)[:, :2] if P.shape[1] > 1 else np.c_[P, np.zeros(P.shape[0])]
+    ambiguity = 1.0 - (top2[:, 0] - top2[:, 1])
     labels = probs.columns.to_numpy()[best].astype(object)
-    labels[p_best < threshold] = unknown_label
+    unknown = p_best < threshold
+    key = key_added or f"{labels_key}_pred"
+    info: dict = {}
+    uncertainty = 1.0 - p_best
+    novelty_cols: dict[str, np.ndarray] = {}
+    if novelty and ref_latent.shape[0] >= 3:
+        col = batch_key or default_batch
+        batches = ref_obs[col].to_numpy() if col is not None and col in ref_obs else None
+        null, method = novelty_calibration(ref_latent, n_neighbors=dist.shape[1], batches=batches, method=calibration)
+        radius, _, _ = _radius(np.asarray(ref_latent, np.float32), min(dist.shape[1], ref_latent.shape[0] - 1))
+        score = _ratio(dist, idx, radius)
+        cutoff = max(float(np.quantile(null, novelty_quantile, method="higher")), 1e-12)
+        null_sorted = np.sort(null)
+        n_ge = null.size - np.searchsorted(null_sorted, score, side="left")
+        ratio = score / cutoff
+        novel = score > cutoff
+        unknown |= novel
+        uncertainty = 1.0 - p_best * np.exp(-np.maximum(ratio - 1.0, 0.0))
+        novelty_cols = {
+            "novelty": score,
+            "novelty_pvalue": (1.0 + n_ge) / (null.size + 1.0),
+            "distance_ratio": ratio,
+        }
+        info = {
+            "novelty_threshold": cutoff,
+            "calibration": method,
+            "calibration_batch_key": col if method == "leave-one-batch-out" else None,
+            "n_calibration_cells": int(null.size),
+            "n_novel": int(novel.sum()),
+        }
+    labels[unknown] = unknown_label
     order = list(pd.unique(ref_labels.astype(str)))
     if isinstance(ref_labels.dtype, pd.CategoricalDtype):
         order = [str(c) for c in ref_labels.cat.categories]
     categories = [c for c in order if c in set(probs.columns)] + [unknown_label]
     categories = list(dict.fromkeys(categories))
-    key = key_added or f"{labels_key}_pred"
     target.obs[key] = pd.Categorical(labels, categories=categories)
     target.obs[f"{key}_probability"] = p_best
-    target.obs[f"{key}_uncertainty"] = 1.0 - p_best
-    if ratio is not None:
-        target.obs[f"{key}_distance_ratio"] = ratio
+    target.obs[f"{key}_ambiguity"] = ambiguity
+    for name, values in novelty_cols.items():
+        target.obs[f"{key}_{name}"] = values
+    target.obs[f"{key}_uncertainty"] = uncertainty
     target.obsm[f"{key}_probabilities"] = probs
     target.uns[key] = {
         "params": {
@@ -321,9 +449,11 @@ def transfer_labels(
             "threshold": float(threshold),
             "novelty": bool(novelty),
             "novelty_quantile": float(novelty_quantile),
+            "calibration": calibration,
+            "batch_key": batch_key,
             "unknown_label": unknown_label,
-        }
+        },
+        **info,
     }
-    n_unknown = int((p_best < threshold).sum())
-    logger.info("Transferred '%s' to %d cells (%d called %s)", labels_key, best.size, n_unknown, unknown_label)
+    logger.info("Transferred '%s' to %d cells (%d called %s)", labels_key, best.size, int(unknown.sum()), unknown_label)
     return query if copy else None

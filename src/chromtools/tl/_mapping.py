@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from chromtools._docs import doc_params
 from chromtools._utils import get_modality, log_time
 from chromtools.models._arches import surgery_ready_kwargs
 from chromtools.models._reference import trained_epochs
+from chromtools.pp import align_features, feature_map
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Query features must cover at least this fraction of the reference's features, else map_query refuses.
+MIN_FEATURE_OVERLAP = 0.5
+
+Matching = Literal["auto", "names", "overlap"]
+OverlapRule = Literal["sum", "largest"]
 ReferenceKind = Literal["peakscanvi", "peaktrvae", "peakvi", "poissonvi", "multivi"]
 REFERENCE_KINDS = ("peakscanvi", "peaktrvae", "peakvi", "poissonvi", "multivi")
 
-#: Query features must cover at least this fraction of the reference's features, else map_query refuses.
-MIN_FEATURE_OVERLAP = 0.5
-#: Below this fraction of shared features map_query warns.
-WARN_FEATURE_OVERLAP = 0.8
 
 _SCVI_BATCH_PLACEHOLDER = "_scvi_batch"
 
@@ -334,16 +335,6 @@ def _resolve_reference(reference) -> _Reference:
 # ----------------------------------------------------------------------------------------------
 # feature alignment
 # ----------------------------------------------------------------------------------------------
-def _canonical_peak_names(names: pd.Index) -> pd.Index | None:
-    from chromtools.io import parse_peak_names
-
-    try:
-        df = parse_peak_names(names)
-    except ValueError:
-        return None
-    return pd.Index(df["chrom"].astype(str) + ":" + df["start"].astype(str) + "-" + df["end"].astype(str))
-
-
 def feature_indexer(
     query_names: pd.Index, reference_names: pd.Index, *, min_overlap: float = MIN_FEATURE_OVERLAP, what: str = "query"
 ) -> tuple[np.ndarray, float, str]:
@@ -352,56 +343,16 @@ def feature_indexer(
     Features are matched by name; when fewer than 80 % match and both sides are peak names in
     different styles (``chr1:100-200`` / ``chr1-100-200`` / ``chr1_100_200``), by coordinates.
     Raises when no feature, or fewer than ``min_overlap`` of the reference's features, are found.
+    (Exact matching only; :func:`chromtools.pp.feature_map` also matches overlapping peaks.)
     """
-    query_names = pd.Index(query_names).astype(str)
-    reference_names = pd.Index(reference_names).astype(str)
-    if query_names.has_duplicates:
-        dup = query_names[query_names.duplicated()][:3].tolist()
-        msg = f"The {what} has duplicated feature names (e.g. {dup}); make var_names unique first."
-        raise ValueError(msg)
-    idx = query_names.get_indexer(reference_names)
-    how = "names"
-    frac = float((idx >= 0).mean()) if idx.size else 0.0
-    if frac < WARN_FEATURE_OVERLAP:
-        cq, cr = _canonical_peak_names(query_names), _canonical_peak_names(reference_names)
-        if cq is not None and cr is not None and not cq.has_duplicates:
-            idx_c = cq.get_indexer(cr)
-            frac_c = float((idx_c >= 0).mean())
-            if frac_c > frac:
-                idx, frac, how = idx_c, frac_c, "peak coordinates"
-    n_shared = int((idx >= 0).sum())
-    if n_shared == 0:
-        msg = (
-            f"The {what} shares no features with the reference ({reference_names.size} features, e.g. "
-            f"{reference_names[:2].tolist()}; {what}: {query_names[:2].tolist()}). Use the reference's peak set "
-            "(count the query's fragments in the reference peaks) or the same genome build and naming."
-        )
-        raise ValueError(msg)
-    if frac < min_overlap:
-        msg = (
-            f"Only {frac:.1%} of the reference's {reference_names.size} features are in the {what} (matched by "
-            f"{how}); map_query needs at least {min_overlap:.0%}. Count the query in the reference's peaks, "
-            "or lower min_overlap= if you accept a poorer mapping."
-        )
-        raise ValueError(msg)
-    if frac < WARN_FEATURE_OVERLAP:
-        warnings.warn(
-            f"Only {frac:.1%} of the reference's features are in the {what}; the {reference_names.size - n_shared} "
-            "missing features are filled with zeros, which degrades the mapping.",
-            UserWarning,
-            stacklevel=3,
-        )
-    return idx, frac, how
-
-
-def _aligned_matrix(X, idx: np.ndarray) -> sp.csr_matrix:
-    """Query matrix reordered to the reference's features, missing ones zero-filled (sparse)."""
-    X = sp.csr_matrix(X)
-    present = np.flatnonzero(idx >= 0)
-    S = sp.csr_matrix((np.ones(present.size, dtype=X.dtype), (idx[present], present)), shape=(X.shape[1], idx.size))
-    out = (X @ S).tocsr()
-    out.sort_indices()
-    return out
+    S, info = feature_map(
+        pd.Index(query_names), pd.Index(reference_names), matching="names", min_overlap=min_overlap, what=what
+    )
+    S = S.tocsc()
+    idx = np.full(S.shape[1], -1, np.int64)
+    has = np.diff(S.indptr) > 0
+    idx[has] = S.indices[S.indptr[:-1][has]]
+    return idx, info["overlap"], info["matched_by"]
 
 
 def _align_anndata(
@@ -412,24 +363,31 @@ def _align_anndata(
     out_layer: str | None,
     min_overlap: float,
     what: str,
+    matching: Matching = "auto",
+    overlap_rule: OverlapRule = "sum",
 ) -> tuple[AnnData, dict]:
     from anndata import AnnData
 
-    from chromtools.models._reference import _layer_matrix, check_count_matrix
+    from chromtools.models._reference import check_count_matrix
 
     check_count_matrix(adata, layer, what=what)
-    idx, frac, how = feature_indexer(adata.var_names, reference_names, min_overlap=min_overlap, what=what)
-    X = _aligned_matrix(_layer_matrix(adata, layer), idx)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        aligned = align_features(
+            adata,
+            pd.DataFrame(index=reference_names),
+            layer=layer,
+            matching=matching,
+            overlap_rule=overlap_rule,
+            min_overlap=min_overlap,
+        )
+    for w in caught:  # re-issued here so that they point at the user's map_query call
+        warnings.warn(str(w.message).replace("The query", f"The {what}"), w.category, stacklevel=4)
+    X = aligned.X
     out = AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.copy()), var=pd.DataFrame(index=reference_names.copy()))
     if out_layer is not None:
         out.layers[out_layer] = X.copy()
-    info = {
-        "n_features": int(reference_names.size),
-        "n_shared": int((idx >= 0).sum()),
-        "overlap": frac,
-        "matched_by": how,
-    }
-    return out, info
+    return out, dict(aligned.uns["features"])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -584,6 +542,8 @@ def map_query(
     batch_size: int = 256,
     early_stopping: bool = True,
     min_overlap: float = MIN_FEATURE_OVERLAP,
+    feature_matching: Matching = "auto",
+    overlap_rule: OverlapRule = "sum",
     key_added: str = "X_reference",
     return_model: bool = False,
     accelerator: str = "auto",
@@ -595,7 +555,8 @@ def map_query(
     """Map query cells onto a reference model by architecture surgery (scArches).
 
     The query's features are aligned to the reference's (reordered; missing peaks filled with
-    zeros; peak names in another style are matched by coordinates), its batches are added to
+    zeros; peak names in another style are matched by coordinates; a query with its own peak
+    set is matched by peak overlap, see ``feature_matching``), its batches are added to
     the model as new batch parameters, and only those are trained on the query — every
     reference weight stays bit-identical (checked after training and recorded in ``uns``).
     The query's coordinates in the reference latent space are then written to ``obsm``.
@@ -634,6 +595,18 @@ def map_query(
         Smallest fraction of the reference's features that must be present in the query (the
         documented minimum is 0.5: below it the mapping is refused; below 0.8 a warning is
         given).
+    feature_matching
+        ``'names'`` (identical names, else identical coordinates), ``'overlap'`` (overlapping
+        peaks) or ``'auto'`` (names; peak overlap when names match fewer than 80 % of the
+        reference's features and overlap matches more). A query called on its own peaks is
+        matched by overlap with a warning: counting its fragments in the reference's peaks
+        (:func:`chromtools.pp.peak_matrix`) is better, since overlap can only approximate the
+        reference's features.
+    overlap_rule
+        One-to-many rule of overlap matching: ``'sum'`` (a reference peak gets the sum of every
+        overlapping query peak; a query peak overlapping several reference peaks counts in
+        each) or ``'largest'`` (the query peak with the largest overlap); see
+        :func:`chromtools.pp.feature_map`.
     key_added
         ``obsm`` key of the query latent space (use the key of the reference's latent space so
         that both can be joined).
@@ -653,7 +626,9 @@ def map_query(
     ``obsm['X_reference' | key_added]``
         Query cells in the reference latent space.
     ``uns[key_added]``
-        ``params``, the feature alignment (``n_shared``, ``overlap``, ``matched_by``), the new
+        ``params``, the feature alignment ``features`` (``n_features``, ``n_shared``, ``overlap``,
+        ``matched_by`` — ``'names'``, ``'peak coordinates'`` or ``'peak overlap'`` — and, for
+        overlap, ``overlap_rule`` and its one-to-many counts), the new
         batches, the surgery epochs, the number of trained entries and ``frozen_identical``
         (every reference weight bit-identical after surgery).
     """
@@ -693,6 +668,8 @@ def map_query(
                 out_layer=ref_layer,
                 min_overlap=min_overlap,
                 what=f"query '{name}'",
+                matching=feature_matching,
+                overlap_rule=overlap_rule,
             )
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*update\\(\\) will not pull.*")
@@ -712,7 +689,14 @@ def map_query(
             q_layer = ref_layer
         names = ref.var_names if not isinstance(ref.var_names, dict) else next(iter(ref.var_names.values()))
         aligned, align_info = _align_anndata(
-            target, names, layer=q_layer, out_layer=ref_layer, min_overlap=min_overlap, what="query"
+            target,
+            names,
+            layer=q_layer,
+            out_layer=ref_layer,
+            min_overlap=min_overlap,
+            what="query",
+            matching=feature_matching,
+            overlap_rule=overlap_rule,
         )
         source_obs = target.obs
     ref_batch_key, new_batches = _fill_obs(aligned, source_obs, ref, batch_key)
@@ -785,6 +769,8 @@ def map_query(
             "batch_size": batch_size,
             "early_stopping": early_stopping,
             "min_overlap": min_overlap,
+            "feature_matching": feature_matching,
+            "overlap_rule": overlap_rule,
             "random_state": random_state,
         },
         "features": align_info,
