@@ -263,27 +263,6 @@ def test_input_dropout_only_in_training_mode():
         PeakVAEModule(10, input_dropout=1.0)
 
 
-def test_best_weights_callback_restores_the_best_epoch():
-    from types import SimpleNamespace
-
-    from chromtools.models._reference import BestWeights
-
-    module = torch.nn.Linear(2, 1)
-    pl_module = SimpleNamespace(module=module)
-    cb = BestWeights("validation_loss")
-    snapshots = []
-    for epoch, loss in enumerate([3.0, 1.0, 2.0, 1.5]):
-        with torch.no_grad():
-            module.weight.fill_(float(epoch))
-        snapshots.append(module.weight.detach().clone())
-        trainer = SimpleNamespace(
-            sanity_checking=False, current_epoch=epoch, callback_metrics={"validation_loss": torch.tensor(loss)}
-        )
-        cb.on_validation_epoch_end(trainer, pl_module)
-    cb.on_train_end(trainer, pl_module)
-    assert cb.best_epoch == 1 and torch.equal(module.weight, snapshots[1])
-
-
 def test_early_stopping_stops_and_keeps_the_best_validation_epoch(sim):
     adata = sim.copy()
     ct.models.PeakSCANVI.setup_anndata(adata, batch_key="batch", labels_key="cell_type")

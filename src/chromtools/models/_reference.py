@@ -28,9 +28,10 @@ from lightning.pytorch.callbacks import Callback
 from scvi import REGISTRY_KEYS
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
-from scvi.train import TrainingPlan
 from torch import nn
 from torch.distributions import Normal
+
+from chromtools.models._distributed import BestWeights, DistributedSafeLogging
 
 logger = logging.getLogger(__name__)
 
@@ -435,41 +436,7 @@ class ModuleModeCallback(Callback):
         self._apply(pl_module)
 
 
-class BestWeights(Callback):
-    """Keep the module weights of the epoch with the lowest ``monitor`` value and restore them at the end.
-
-    An in-memory alternative to checkpoint folders: no files are written.
-    """
-
-    def __init__(self, monitor: str = "validation_loss"):
-        super().__init__()
-        self.monitor = monitor
-        self.best: float = float("inf")
-        self.best_epoch: int | None = None
-        self._state: dict[str, torch.Tensor] | None = None
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        """Copy the weights when the monitored metric improved."""
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            return
-        value = float(value)
-        if value < self.best:
-            self.best, self.best_epoch = value, trainer.current_epoch
-            module = getattr(pl_module, "module", pl_module)
-            self._state = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    def on_train_end(self, trainer, pl_module):
-        """Restore the best weights."""
-        if self._state is not None:
-            module = getattr(pl_module, "module", pl_module)
-            module.load_state_dict(self._state)
-            logger.info("Restored the weights of epoch %d (%s %.4g)", self.best_epoch, self.monitor, self.best)
-
-
-class PeakTrainingPlan(TrainingPlan):
+class PeakTrainingPlan(DistributedSafeLogging):
     """scvi-tools' :class:`~scvi.train.TrainingPlan`, also logging the classifier's accuracy."""
 
     def validation_step(self, batch, batch_idx):

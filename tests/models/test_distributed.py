@@ -1,0 +1,79 @@
+"""Training with Lightning's DDP strategy on CPU (2 processes over gloo), and the in-memory best-weights callback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from chromtools.models._distributed import BestWeights, is_distributed
+
+
+@pytest.mark.parametrize(("mode", "scores", "best"), [("min", [3.0, 1.0, 2.0, 1.5], 1), ("max", [0.1, 0.5, 0.7, 0.2], 2)])
+def test_best_weights_restores_the_best_epoch(mode, scores, best):
+    module = torch.nn.Linear(2, 1)
+    pl_module = SimpleNamespace(module=module)
+    cb = BestWeights("metric", mode=mode)
+    snapshots = []
+    for epoch, value in enumerate([*scores, float("nan")]):
+        with torch.no_grad():
+            module.weight.fill_(float(epoch))
+        snapshots.append(module.weight.detach().clone())
+        trainer = SimpleNamespace(sanity_checking=False, current_epoch=epoch, callback_metrics={"metric": torch.tensor(value)})
+        cb.on_validation_end(trainer, pl_module)
+    cb.on_train_end(trainer, pl_module)
+    assert cb.best_epoch == best and cb.best_score == pytest.approx(scores[best])
+    assert torch.equal(module.weight, snapshots[best])
+    with pytest.raises(ValueError, match="'min' or 'max'"):
+        BestWeights("metric", mode="up")
+
+
+def test_is_distributed():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    assert is_distributed("ddp") and is_distributed("ddp_spawn") and is_distributed(DDPStrategy())
+    assert not is_distributed("auto") and not is_distributed(None)
+
+
+def _run_on_two_processes(tmp_path, script: str) -> list[dict]:
+    path = tmp_path / "train.py"
+    path.write_text(textwrap.dedent(script))
+    out = subprocess.run(
+        [sys.executable, str(path), str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+MAPPING = """
+    import hashlib, json, os, sys
+    import chromtools as ct
+
+    def main(out):
+        adata = ct.datasets.simulate_scatac(1200, 800, n_batches=2, random_state=0)
+        ref = adata[adata.obs["batch"] == "batch_0"].copy()
+        model = ct.tl.train_reference(
+            ref, "batch", "cell_type", max_epochs=4, accelerator="cpu", devices=2,
+            train_kwargs={"strategy": "ddp", "batch_size": 64},
+        )
+        weights = hashlib.sha1(b"".join(v.numpy().tobytes() for v in model.module.state_dict().values())).hexdigest()
+        hist = model.history or {}
+        losses = [float(v) for v in hist["validation_loss"].to_numpy().ravel()] if "validation_loss" in hist else []
+        with open(f"{out}/rank{os.environ.get('LOCAL_RANK', '0')}.json", "w") as fh:
+            json.dump({"weights": weights, "losses": losses}, fh)
+
+    if __name__ == "__main__":
+        main(sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_reference_model_trains_with_ddp_on_two_cpu_processes(tmp_path):
+    ranks = _run_on_two_processes(tmp_path, MAPPING)
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP keeps one model across processes
+    assert len(ranks[0]["losses"]) == 4 and ranks[0]["losses"][-1] < ranks[0]["losses"][0]
