@@ -77,3 +77,33 @@ def test_reference_model_trains_with_ddp_on_two_cpu_processes(tmp_path):
     ranks = _run_on_two_processes(tmp_path, MAPPING)
     assert ranks[0]["weights"] == ranks[1]["weights"]  # DDP keeps one model across processes
     assert len(ranks[0]["losses"]) == 4 and ranks[0]["losses"][-1] < ranks[0]["losses"][0]
+
+
+DENOISER = """
+    import hashlib, json, os, sys
+    import chromtools as ct
+
+    def main(out):
+        sim = ct.datasets.simulate_tracks(out + "/sim", chrom_sizes={"chr1": 900_000, "chr2": 400_000}, random_state=1)
+        data = ct.models.TrackDenoiser.setup_tracks(sim.noisy, sim.clean, sim.peaks, val_chroms=["chr2"])
+        model = ct.models.TrackDenoiser(data)
+        # the global batch of a one-process run with batch_size=4: 2 windows in each of two processes
+        model.train(max_epochs=3, batch_size=2, accelerator="cpu", devices=2, strategy="ddp", progress=False)
+        weights = hashlib.sha1(b"".join(v.numpy().tobytes() for v in model.module.state_dict().values())).hexdigest()
+        hist = model.history or {}
+        auprc = [float(v) for v in hist["auprc_validation"].to_numpy().ravel()] if "auprc_validation" in hist else []
+        with open(f"{out}/rank{os.environ.get('LOCAL_RANK', '0')}.json", "w") as fh:
+            json.dump({"best": model.best_score_, "weights": weights, "history": auprc}, fh)
+
+    if __name__ == "__main__":
+        main(sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_denoiser_trains_with_ddp_and_keeps_the_best_epoch(tmp_path):
+    ranks = _run_on_two_processes(tmp_path, DENOISER)
+    # both processes end with the same weights and the same kept score ...
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["best"] == ranks[1]["best"]
+    # ... which is the best epoch's validation AUPRC, not the last one's
+    assert ranks[0]["history"] and ranks[0]["best"] == pytest.approx(max(ranks[0]["history"]), abs=1e-6)
