@@ -163,8 +163,7 @@ def denoise_distributed(
     if len(noisy) != len(out_prefixes):
         msg = f"Got {len(noisy)} noisy bigWigs but {len(out_prefixes)} output prefixes; pass one prefix per sample."
         raise ValueError(msg)
-    if kwargs.get("progress") is not None:
-        kwargs.pop("progress")
+    kwargs.pop("progress", None)  # workers never show a bar
     t0 = time.perf_counter()
     out_prefixes = [Path(p) for p in out_prefixes]
     for p in out_prefixes:
@@ -176,7 +175,7 @@ def denoise_distributed(
             model.save(model_dir)
         else:
             model_dir = Path(model)
-        spec = TrackDenoiser.load(model_dir).spec_
+        spec = model.spec_ if isinstance(model, TrackDenoiser) else TrackDenoiser.load(model_dir).spec_
         genomes = [
             _check_inputs(
                 Path(n), spec, list(kwargs.get("extra", ())), chrom_sizes, chroms, kwargs.get("check_genome", True)
@@ -198,7 +197,7 @@ def denoise_distributed(
                     str(model_dir),
                     str(work / f"s{i}" / chrom),
                     chrom,
-                    {k: v for k, v in kwargs.items() if k not in ("chroms", "chrom_sizes")},
+                    kwargs,
                     threads_per_task,
                     key=f"denoise-s{i}-{chrom}-{os.getpid()}-{time.monotonic_ns()}",
                     pure=False,
