@@ -60,6 +60,34 @@ def test_local_cluster_matches_single_process(trained, leftovers):
     assert not [p for p in (folder / "dask").iterdir() if p.name.startswith(".chromtools-shards")]
 
 
+def test_blacklist_applies_on_workers_and_in_lists(trained):
+    sim, folder = trained
+    single = ct.tl.denoise(sim.noisy, folder / "model", folder / "bl1" / "s", progress=False)
+    first = single.peak_table.iloc[0]
+    blacklist = single.peak_table.iloc[[0]][["chrom", "start", "end"]]
+    with_bl = ct.tl.denoise(sim.noisy, folder / "model", folder / "bl2" / "s", blacklist=blacklist, progress=False)
+    assert len(with_bl.peak_table) == len(single.peak_table) - 1
+    on_dask = ct.tl.denoise(
+        [sim.noisy], folder / "model", [folder / "bl3" / "s"], blacklist=blacklist, client="local", n_workers=1
+    )[0]
+    kept = on_dask.peak_table
+    assert len(kept) == len(single.peak_table) - 1
+    assert not ((kept["chrom"] == first["chrom"]) & (kept["start"] == first["start"])).any()
+
+
+def test_input_means_is_for_one_bigwig(trained):
+    sim, folder = trained
+    with pytest.raises(ValueError, match="one mean per input track"):
+        ct.tl.denoise(sim.noisy, folder / "model", folder / "m" / "s", input_means=[1.0, 2.0], progress=False)
+    with pytest.raises(ValueError, match="describes one bigWig"):
+        ct.tl.denoise([sim.noisy], folder / "model", [folder / "m" / "t"], input_means=[1.0], progress=False)
+    mean = ct.models._track_data.bigwig_mean(sim.noisy)
+    given = ct.tl.denoise(sim.noisy, folder / "model", folder / "m" / "u", chroms=["chr3"], input_means=[mean], progress=False)
+    read = ct.tl.denoise(sim.noisy, folder / "model", folder / "m" / "v", chroms=["chr3"], progress=False)
+    assert given.params["input_scale"] == read.params["input_scale"]
+    assert np.array_equal(ct.io.read_bigwig(given.track, "chr3"), ct.io.read_bigwig(read.track, "chr3"))
+
+
 def test_list_without_client_runs_in_process(trained):
     sim, folder = trained
     out = ct.tl.denoise([sim.noisy], folder / "model", [folder / "seq" / "a"], chroms=["chr3"], progress=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -158,6 +159,8 @@ def denoise(
     min_length: int | None = None,
     blacklist: PathLike | pd.DataFrame | None = None,
     decimals: int | None = 1,
+    zoom_levels: int = 10,
+    input_means: Sequence[float] | None = None,
     check_genome: bool = True,
     accelerator: str = "auto",
     devices: int | list[int] | str = "auto",
@@ -224,6 +227,13 @@ def denoise(
     decimals
         Decimals kept in the denoised track (``None``: full float32); rounding makes the bigWig
         smaller and faster to write. Probabilities keep 3 decimals.
+    zoom_levels
+        Zoom levels precomputed in the output bigWigs (for fast zoomed-out browsing); 0 writes none,
+        which is faster for intermediate files.
+    input_means
+        Mean coverage per base of ``noisy`` and of each ``extra`` track (in that order), used for depth
+        scaling, when already known (e.g. computed once for many shards of one sample); default: read
+        from the files. Ignored by models trained with ``depth_scaling='none'``.
     check_genome
         Refuse chromosomes whose length differs from the model's training genome.
     {accelerator}
@@ -242,6 +252,9 @@ def denoise(
     """
     several = not isinstance(noisy, str | os.PathLike)
     if several or client is not None:
+        if input_means is not None:
+            msg = "input_means describes one bigWig; with several bigWigs or client=, each sample's means are computed."
+            raise ValueError(msg)
         noisy_list = list(noisy) if several else [noisy]
         prefixes = list(out_prefix) if several else [out_prefix]
         opts = {
@@ -251,7 +264,9 @@ def denoise(
             "threshold": threshold,
             "merge_gap": merge_gap,
             "min_length": min_length,
+            "blacklist": blacklist,
             "decimals": decimals,
+            "zoom_levels": zoom_levels,
             "check_genome": check_genome,
             "accelerator": accelerator,
             "devices": devices,
@@ -268,6 +283,58 @@ def denoise(
                 noisy_list, model, prefixes, client=client, n_workers=n_workers, chrom_sizes=chrom_sizes, chroms=chroms, **opts
             )
         return results if several else results[0]
+    return _denoise_one(
+        noisy,
+        model,
+        out_prefix,
+        extra=extra,
+        chrom_sizes=chrom_sizes,
+        chroms=chroms,
+        window=window,
+        batch_size=batch_size,
+        threshold=threshold,
+        merge_gap=merge_gap,
+        min_length=min_length,
+        blacklist=blacklist,
+        decimals=decimals,
+        zoom_levels=zoom_levels,
+        input_means=input_means,
+        check_genome=check_genome,
+        accelerator=accelerator,
+        devices=devices,
+        progress=progress,
+    )
+
+
+def _denoise_one(
+    noisy: PathLike,
+    model: TrackDenoiser | PathLike,
+    out_prefix: PathLike,
+    *,
+    extra: Sequence[PathLike] = (),
+    chrom_sizes: PathLike | Mapping[str, int] | None = None,
+    chroms: Sequence[str] | None = None,
+    window: int | None = None,
+    batch_size: int = 8,
+    threshold: float | None = None,
+    merge_gap: int | None = None,
+    min_length: int | None = None,
+    blacklist: PathLike | pd.DataFrame | None = None,
+    decimals: int | None = 1,
+    zoom_levels: int = 10,
+    input_means: Sequence[float] | None = None,
+    check_genome: bool = True,
+    accelerator: str = "auto",
+    devices: int | list[int] | str = "auto",
+    progress: bool = True,
+    shard: bool = False,
+) -> DenoiseResult:
+    """:func:`denoise` on one bigWig in this process.
+
+    With ``shard=True`` (a Dask task's share: one chromosome), the tracks go to raw ``.npy`` arrays
+    (``{out_prefix}.track.npy``, ``{out_prefix}.peakprob.npy``) that the driver appends to the
+    bigWigs, so that a bigWig is encoded once, and no narrowPeak is written (the table is returned).
+    """
     t0 = time.perf_counter()
     noisy = Path(noisy)
     if not isinstance(model, TrackDenoiser):
@@ -292,8 +359,12 @@ def denoise(
         raise ValueError(msg)
 
     if spec["depth_scaling"] == "mean":
-        in_scale = bigwig_mean(noisy)
-        extra_scales = [bigwig_mean(p) for p in extra]
+        if input_means is None:
+            input_means = [bigwig_mean(noisy), *(bigwig_mean(p) for p in extra)]
+        if len(input_means) != 1 + len(extra):
+            msg = f"input_means needs one mean per input track (noisy + {len(extra)} extra), got {len(input_means)}."
+            raise ValueError(msg)
+        in_scale, extra_scales = float(input_means[0]), [float(m) for m in input_means[1:]]
         out_scale = in_scale * spec["depth_ratio"]
     else:
         in_scale, extra_scales, out_scale = spec["noisy_mean"], list(spec["extra_means"]), spec["clean_mean"]
@@ -315,7 +386,11 @@ def denoise(
 
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    paths = {k: Path(f"{out_prefix}.{k}") for k in ("track.bw", "peakprob.bw", "peaks.narrowPeak")}
+    ext = "npy" if shard else "bw"
+    paths = {k: Path(f"{out_prefix}.{k}") for k in (f"track.{ext}", f"peakprob.{ext}", "peaks.narrowPeak")}
+    if shard and len(sizes) != 1:
+        msg = "A shard is one chromosome."
+        raise ValueError(msg)
     n_windows = sum(len(tile(s, window)) for s in sizes.values())
     readers = [BigWigReader(noisy)] + [BigWigReader(p) for p in extra]
     scales = [in_scale, *extra_scales]
@@ -323,7 +398,13 @@ def denoise(
     n_run = 0
     bar = tqdm(total=n_windows, desc="denoise", unit="win", disable=not progress)
     try:
-        with BigWigWriter(paths["track.bw"], sizes) as out_track, BigWigWriter(paths["peakprob.bw"], sizes) as out_prob:
+        with contextlib.ExitStack() as outputs:
+            out_track, out_prob = (
+                outputs.enter_context(
+                    _ArrayShard(paths[f"{k}.npy"], sizes) if shard else BigWigWriter(paths[f"{k}.bw"], sizes, zoom_levels=zoom_levels)
+                )
+                for k in ("track", "peakprob")
+            )
             for chrom, size in sizes.items():
                 caller = PeakStream(chrom, threshold=threshold, merge_gap=merge_gap, min_length=min_length)
                 starts = tile(size, window)
@@ -372,7 +453,8 @@ def denoise(
         n_fdr=int(spec.get("fdr_n_peaks", 0)),
     )
     peaks = name_peaks(peaks)
-    write_narrowpeak(peaks, paths["peaks.narrowPeak"]) if len(peaks) else _write_empty(paths["peaks.narrowPeak"])
+    if not shard:
+        write_narrowpeak(peaks, paths["peaks.narrowPeak"]) if len(peaks) else _write_empty(paths["peaks.narrowPeak"])
     seconds = time.perf_counter() - t0
     n_bases = int(sum(sizes.values()))
     logger.info(
@@ -400,14 +482,38 @@ def denoise(
         "peaks_blacklisted": int(n_called - len(peaks)),
     }
     return DenoiseResult(
-        track=paths["track.bw"],
-        peakprob=paths["peakprob.bw"],
+        track=paths[f"track.{ext}"],
+        peakprob=paths[f"peakprob.{ext}"],
         peaks=paths["peaks.narrowPeak"],
         peak_table=peaks,
         n_bases=n_bases,
         seconds=seconds,
         params=params,
     )
+
+
+class _ArrayShard:
+    """A one-chromosome track written as a raw float32 ``.npy`` (written to a temporary name, renamed on success)."""
+
+    def __init__(self, path: Path, sizes: Mapping[str, int]):
+        ((self.chrom, size),) = sizes.items()
+        self.path = Path(path)
+        self._tmp = self.path.with_name(self.path.name + ".part.npy")
+        self._array = np.lib.format.open_memmap(self._tmp, mode="w+", dtype=np.float32, shape=(size,))
+
+    def add(self, chrom: str, values: np.ndarray, start: int = 0) -> None:
+        self._array[start : start + len(values)] = values
+
+    def __enter__(self) -> _ArrayShard:
+        return self
+
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        self._array.flush()
+        del self._array
+        if exc_type is None:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
 
 
 def _write_empty(path: Path) -> None:

@@ -1,9 +1,10 @@
 """Genome-wide denoising sharded over Dask workers: one task per (sample, chromosome), then one merge.
 
 Each task runs :func:`chromtools.tl.denoise` on one chromosome of one sample and writes its own
-shard files; the driver then streams the shards, in the genome order of the input, into one
-denoised bigWig, one peak-probability bigWig and one narrowPeak per sample, each written to a
-temporary file and renamed. Windows never cross chromosomes and a chromosome's batches are the
+shard files (raw float32 arrays, so that each bigWig is encoded once); as shards finish, the driver streams them, in the genome
+order of the input, into one denoised bigWig and one peak-probability bigWig per sample, while the
+workers go on with the next chromosomes; the narrowPeak follows at the end. Every output is written
+to a temporary file and renamed. Windows never cross chromosomes and a chromosome's batches are the
 same in a shard as in a single-process run, so the merged output is identical, value for value,
 to what one process writes. The scheduling, retries and placement are Dask's.
 """
@@ -11,6 +12,8 @@ to what one process writes. The scheduling, retries and placement are Dask's.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import logging
 import os
 import shutil
@@ -23,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from chromtools.io import BigWigReader, BigWigWriter, write_narrowpeak
+from chromtools.io import BigWigWriter, write_narrowpeak
 
 from ._peaks import name_peaks
 
@@ -36,7 +39,7 @@ if TYPE_CHECKING:
     from ._denoise import DenoiseResult
 
 logger = logging.getLogger(__name__)
-MERGE_BLOCK = 10_000_000  # bases read from a shard bigWig at a time while merging (40 MB of float32)
+MERGE_BLOCK = 10_000_000  # bases copied from a shard to the bigWig at a time while merging (40 MB of float32)
 
 
 def _import_distributed():
@@ -79,6 +82,35 @@ def dask_client(client: Client | str, n_workers: int | None = None) -> Iterator[
             yield own
 
 
+@contextlib.contextmanager
+def _malloc_for_large_arrays() -> Iterator[None]:
+    """Let glibc keep freed multi-MB buffers on the heap for the length of a task.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also turns off glibc's
+    adaptive mmap threshold: then every batch array (several MB) is mmap'ed, page-faulted in and
+    unmapped again, and a denoising task runs about 2x slower than in a plain process (measured).
+    Raising both thresholds while a task runs restores plain-process speed; afterwards the trim
+    threshold is set back to the nanny's value and the heap is trimmed, so memory still goes back to
+    the OS between tasks. A no-op where glibc's ``mallopt`` is unavailable.
+    """
+    libc = None
+    with contextlib.suppress(OSError, TypeError):
+        name = ctypes.util.find_library("c")
+        libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "mallopt") or os.environ.get("MALLOC_TRIM_THRESHOLD_") is None:
+        yield
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    libc.mallopt(m_mmap_threshold, 64 << 20)
+    libc.mallopt(m_trim_threshold, 256 << 20)
+    try:
+        yield
+    finally:
+        libc.mallopt(m_trim_threshold, int(os.environ["MALLOC_TRIM_THRESHOLD_"]))
+        with contextlib.suppress(AttributeError):
+            libc.malloc_trim(0)
+
+
 _WORKER_MODELS: dict[tuple[str, float], TrackDenoiser] = {}  # per worker process: a model loads once, not per task
 
 
@@ -86,13 +118,14 @@ def _denoise_shard(noisy: str, model_dir: str, prefix: str, chrom: str, kwargs: 
     """Worker task: denoise one chromosome of one sample into its own shard files."""
     import torch
 
-    from ._denoise import denoise
+    from ._denoise import _denoise_one
 
     model = _worker_model(model_dir)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return denoise(noisy, model, prefix, chroms=[chrom], progress=False, **kwargs)
+        with _malloc_for_large_arrays():
+            return _denoise_one(noisy, model, prefix, chroms=[chrom], progress=False, shard=True, **kwargs)
     finally:
         torch.set_num_threads(before)
 
@@ -108,14 +141,37 @@ def _worker_model(model_dir: str) -> TrackDenoiser:
     return _WORKER_MODELS[key]
 
 
-def _merge_bigwigs(shards: Mapping[str, Path], sizes: Mapping[str, int], out: Path) -> None:
-    """Stream per-chromosome shard bigWigs, in ``sizes`` order, into one bigWig (atomic)."""
-    with BigWigWriter(out, dict(sizes)) as writer:
-        for chrom, size in sizes.items():
-            with BigWigReader(shards[chrom]) as reader:
-                for start in range(0, size, MERGE_BLOCK):
-                    end = min(size, start + MERGE_BLOCK)
-                    writer.add(chrom, reader.values(chrom, start, end), start=start)
+def _copy_shard(writer: BigWigWriter, shard: Path, chrom: str, size: int) -> None:
+    """Append one chromosome's shard (a float32 ``.npy``) to an open bigWig writer, a block at a time, then delete it."""
+    values = np.load(shard, mmap_mode="r")
+    for start in range(0, size, MERGE_BLOCK):
+        writer.add(chrom, np.asarray(values[start : start + MERGE_BLOCK]), start=start)
+    del values
+    shard.unlink()
+
+
+class _SampleMerger:
+    """The outputs of one sample, filled chromosome by chromosome in genome order as shards arrive."""
+
+    def __init__(self, sizes: Mapping[str, int], prefix: Path, zoom_levels: int, stack: contextlib.ExitStack):
+        self.sizes = dict(sizes)
+        self.order = list(sizes)
+        self.paths = {k: Path(f"{prefix}.{k}") for k in ("track.bw", "peakprob.bw", "peaks.narrowPeak")}
+        # entered on the caller's stack: closed (finished and renamed) on success, removed on error
+        self.writers = {
+            k: stack.enter_context(BigWigWriter(self.paths[f"{k}.bw"], self.sizes, zoom_levels=zoom_levels))
+            for k in ("track", "peakprob")
+        }
+        self.done: dict[str, DenoiseResult] = {}
+        self.next = 0
+
+    def add(self, chrom: str, result: DenoiseResult) -> None:
+        self.done[chrom] = result
+        while self.next < len(self.order) and self.order[self.next] in self.done:
+            c = self.order[self.next]
+            for kind, writer in self.writers.items():
+                _copy_shard(writer, getattr(self.done[c], kind), c, self.sizes[c])
+            self.next += 1
 
 
 def denoise_distributed(
@@ -157,8 +213,11 @@ def denoise_distributed(
     One :class:`~chromtools.tl.DenoiseResult` per sample; ``params['tasks']`` counts its shards.
     """
     from chromtools.models import TrackDenoiser
+    from chromtools.models._track_data import bigwig_mean
 
     from ._denoise import DenoiseResult, _check_inputs, _write_empty
+
+    distributed = _import_distributed()
 
     if len(noisy) != len(out_prefixes):
         msg = f"Got {len(noisy)} noisy bigWigs but {len(out_prefixes)} output prefixes; pass one prefix per sample."
@@ -187,45 +246,52 @@ def denoise_distributed(
             ((i, chrom, size) for i, sizes in enumerate(genomes) for chrom, size in sizes.items()),
             key=lambda job: -job[2],
         )
-        with dask_client(client, n_workers) as dc:
+        zoom_levels = int(kwargs.pop("zoom_levels", 10))
+        # each sample's mean coverage is read once here, not once per chromosome task
+        means = [
+            [bigwig_mean(n), *(bigwig_mean(e) for e in kwargs.get("extra", ()))] if spec["depth_scaling"] == "mean" else None
+            for n in noisy
+        ]
+        with contextlib.ExitStack() as outputs, dask_client(client, n_workers) as dc:
+            mergers = [_SampleMerger(sizes, out_prefixes[i], zoom_levels, outputs) for i, sizes in enumerate(genomes)]
             # every worker imports torch and loads the model once, in parallel, before the tasks start
             dc.run(_worker_model, str(model_dir))
             futures = {
-                (i, chrom): dc.submit(
+                dc.submit(
                     _denoise_shard,
                     str(noisy[i]),
                     str(model_dir),
                     str(work / f"s{i}" / chrom),
                     chrom,
-                    kwargs,
+                    {**kwargs, "input_means": means[i]},
                     threads_per_task,
                     key=f"denoise-s{i}-{chrom}-{os.getpid()}-{time.monotonic_ns()}",
                     pure=False,
-                )
+                ): (i, chrom)
                 for i, chrom, _ in jobs
             }
-            shards = dict(zip(futures, dc.gather(list(futures.values())), strict=True))
+            # shards are appended to the outputs as they finish, while the workers go on
+            for future in distributed.as_completed(futures):
+                i, chrom = futures[future]
+                mergers[i].add(chrom, future.result())
         results = []
-        for i, sizes in enumerate(genomes):
-            parts = [shards[(i, chrom)] for chrom in sizes]
-            prefix = out_prefixes[i]
-            paths = {k: Path(f"{prefix}.{k}") for k in ("track.bw", "peakprob.bw", "peaks.narrowPeak")}
-            _merge_bigwigs({c: r.track for c, r in zip(sizes, parts, strict=True)}, sizes, paths["track.bw"])
-            _merge_bigwigs({c: r.peakprob for c, r in zip(sizes, parts, strict=True)}, sizes, paths["peakprob.bw"])
+        for merger in mergers:
+            parts = [merger.done[chrom] for chrom in merger.order]
             tables = [r.peak_table for r in parts if len(r.peak_table)]
             peaks = name_peaks(pd.concat(tables, ignore_index=True)) if tables else parts[0].peak_table.iloc[:0]
-            write_narrowpeak(peaks, paths["peaks.narrowPeak"]) if len(peaks) else _write_empty(paths["peaks.narrowPeak"])
+            path = merger.paths["peaks.narrowPeak"]
+            write_narrowpeak(peaks, path) if len(peaks) else _write_empty(path)
             params = dict(parts[0].params)
             for key in ("windows_run", "windows_total"):
                 params[key] = int(np.sum([r.params.get(key, 0) for r in parts]))
-            params.update(tasks=len(parts), threads_per_task=threads_per_task, scheduler="dask")
+            params.update(tasks=len(parts), threads_per_task=threads_per_task, scheduler="dask", zoom_levels=zoom_levels)
             results.append(
                 DenoiseResult(
-                    track=paths["track.bw"],
-                    peakprob=paths["peakprob.bw"],
-                    peaks=paths["peaks.narrowPeak"],
+                    track=merger.paths["track.bw"],
+                    peakprob=merger.paths["peakprob.bw"],
+                    peaks=path,
                     peak_table=peaks,
-                    n_bases=int(sum(sizes.values())),
+                    n_bases=int(sum(merger.sizes.values())),
                     seconds=time.perf_counter() - t0,
                     params=params,
                 )
