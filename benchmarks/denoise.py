@@ -252,7 +252,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        ratio = ct.models._track_data.bigwig_mean(hsc.clean) / ct.models._track_data.bigwig_mean(hsc.noisy)
+        ratio = ct.io.bigwig_mean(hsc.clean) / ct.io.bigwig_mean(hsc.noisy)
         base = {}
         base["noisy_track_depth_scaled"] = pick(
             ct.metrics.evaluate_denoising(

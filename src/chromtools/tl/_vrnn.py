@@ -10,23 +10,22 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 from anndata import AnnData
+from scipy.stats import false_discovery_control
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from chromtools._docs import doc_params
-from chromtools._utils import PathLike, atomic_output, check_random_state, get_modality, log_time
-from chromtools.pp._timecourse import (
+from chromtools._utils import PathLike, atomic_output, check_random_state, get_modality, log_time, seeded
+from chromtools.pp import (
     GeneTimeStats,
     TimePoints,
-    _get_matrix,
-    _get_time_column,
-    bh_adjust,
     gene_time_stats,
     select_genes,
     summary_anndata,
+    time_column,
     time_points,
+    timecourse_matrix,
 )
-
 from chromtools.tl._profile_clustering import (
     KMEANS_INIT,
     fuzzy_cmeans,
@@ -81,7 +80,6 @@ def _fit_vrnn(
     progress: bool,
 ) -> _Fit:
     from chromtools.models import VRNN
-    from chromtools.models._vrnn import seeded
 
     with seeded(random_state):
         VRNN.setup_anndata(summary)
@@ -313,8 +311,8 @@ def _prepare(
     n_bins: int | None,
 ) -> tuple[AnnData, TimePoints, GeneTimeStats]:
     adata = get_modality(data, mod)
-    X = _get_matrix(adata, layer)
-    tp = time_points(_get_time_column(data, adata, time_key), n_bins=n_bins, time_key=time_key)
+    X = timecourse_matrix(adata, layer)
+    tp = time_points(time_column(data, adata, time_key), n_bins=n_bins, time_key=time_key)
     if len(tp.labels) < 2:
         msg = (
             f"The time column '{time_key}' has a single time point ({tp.labels[0]!r}); temporal modules need at "
@@ -512,7 +510,7 @@ def vrnn_cluster(
             "give more genes (n_top_genes=None, genes=[...]) or ask for fewer clusters."
         )
         raise ValueError(msg)
-    qval = bh_adjust(st.pval)
+    qval = false_discovery_control(st.pval)
     summary = summary_anndata(adata.var_names, st, tp, pos, qval=qval, shrink=shrink)
 
     model_kwargs = {"n_latent": n_latent, **dict(model_kwargs or {})}
@@ -743,7 +741,7 @@ def vrnn_stability(
     reference = adata.var[f"{key}_cluster"].cat.codes.to_numpy()[pos]
     k = int(uns["n_clusters"])
     adata_, tp, st = _prepare(data, params["time_key"], layer=layer, mod=mod, n_bins=none(params["n_bins"]))
-    X = _get_matrix(adata_, layer)
+    X = timecourse_matrix(adata_, layer)
     model_kwargs = dict(params["model_kwargs"])
     train_kwargs = dict(params["train_kwargs"])
     shrink = bool(params.get("shrink", True))
