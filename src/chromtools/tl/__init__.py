@@ -11,7 +11,9 @@ if TYPE_CHECKING:  # names load on first access, so torch and scvi-tools import 
     from ._mapping import map_query, train_reference
     from ._pairs import TrainingPair, training_pair
     from ._peaks import PeakStream, call_peaks
-    from ._vrnn import vrnn_cluster, vrnn_export, vrnn_stability
+    from ._vrnn_cluster import vrnn_cluster
+    from ._vrnn_export import vrnn_export
+    from ._vrnn_stability import vrnn_stability
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
@@ -22,6 +24,8 @@ __getattr__, __dir__, __all__ = attach(
         "_mapping": ["map_query", "train_reference"],
         "_pairs": ["TrainingPair", "training_pair"],
         "_peaks": ["PeakStream", "call_peaks"],
-        "_vrnn": ["vrnn_cluster", "vrnn_export", "vrnn_stability"],
+        "_vrnn_cluster": ["vrnn_cluster"],
+        "_vrnn_export": ["vrnn_export"],
+        "_vrnn_stability": ["vrnn_stability"],
     },
 )
