@@ -95,6 +95,19 @@ def log_time(message: str, log: logging.Logger | None = None) -> Iterator[None]:
     log.info("%s finished in %.1f s", message, time.perf_counter() - start)
 
 
+def moving_average(x: np.ndarray, width: int) -> np.ndarray:
+    """Mean over a centred window of ``width`` values (zeros beyond the ends), float32; ``width <= 1`` returns ``x``.
+
+    The denoiser smooths its noisy input with it in training and at inference, so both must agree
+    to the last bit: a direct float32 convolution, not the O(n) cumulative sum of
+    ``tl._macs3.box_mean``, whose float64 rounding differs.
+    """
+    if width <= 1:
+        return x
+    kernel = np.ones(width, np.float32) / width
+    return np.convolve(x, kernel, mode="same").astype(np.float32)
+
+
 def quiet_lightning() -> None:
     """Silence Lightning's start-up chatter and its notices that do not apply to chromtools' training loops."""
     import warnings

@@ -2,7 +2,7 @@
 
 from ._bigwig import BigWigReader, BigWigWriter, bigwig_mean, read_bigwig, read_window, runs_from_values, write_bigwig
 from ._coverage import cut_site_runs, pseudobulk_coverage
-from ._fragments import fragments_path, iter_fragments, parse_region, read_fragments
+from ._fragments import fragments_path, iter_fragments, parse_region, read_fragments, validate_fragments
 from ._intervals import (
     NARROWPEAK_COLUMNS,
     read_bed,
@@ -39,6 +39,7 @@ __all__ = [
     "read_peaks",
     "read_window",
     "runs_from_values",
+    "validate_fragments",
     "validate_intervals",
     "write_bed",
     "write_bedgraph",

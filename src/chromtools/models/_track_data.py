@@ -12,9 +12,10 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
+from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader, Dataset
 
-from chromtools._utils import PathLike
+from chromtools._utils import PathLike, moving_average
 from chromtools.io import (
     BigWigReader,
     bigwig_mean,
@@ -28,8 +29,9 @@ from chromtools.models._distributed import shard_sampler
 
 logger = logging.getLogger(__name__)
 
-# Keys of the tensors a batch carries (the module reads them by these names).
-X_KEY = "x"
+# Keys of the tensors a batch carries (the module reads them by these names); the input is
+# scvi-tools' own X key, as in the reference models.
+X_KEY = REGISTRY_KEYS.X_KEY
 TARGET_KEY = "target"
 PEAKS_KEY = "peaks"
 MASK_KEY = "mask"
@@ -172,13 +174,6 @@ class TrackSetup:
                 }
             )
         return pd.DataFrame(rows).set_index("split")
-
-
-def _smooth(x: np.ndarray, width: int) -> np.ndarray:
-    if width <= 1:
-        return x
-    kernel = np.ones(width, np.float32) / width
-    return np.convolve(x, kernel, mode="same").astype(np.float32)
 
 
 def make_setup(
@@ -427,7 +422,7 @@ class TrackWindows(Dataset):
         noisy_scale, clean_scale, extra_scales = self.setup.scales(pair, self.depth_scaling)
         channels = [
             input_transform(
-                _smooth(read_window(self._reader(pair.noisy), chrom, lo, hi), self.setup.smooth), noisy_scale
+                moving_average(read_window(self._reader(pair.noisy), chrom, lo, hi), self.setup.smooth), noisy_scale
             )
         ]
         for path, scale in zip(pair.extra, extra_scales, strict=True):
