@@ -32,7 +32,15 @@ SPEC_VERSION = 2
 
 
 def _registry(n_channels: int, channel_names: list[str], window: int) -> dict:
-    """The minimal scvi-tools registry of a window model (no AnnData behind it)."""
+    """The minimal scvi-tools registry of a window model (no AnnData behind it).
+
+    Why hand-written: the denoiser's data are bigWig windows streamed from disk
+    (:class:`~chromtools.models._track_data.TrackDataModule`), not an AnnData, so there is no
+    :class:`~scvi.data.AnnDataManager` to build a registry. scvi-tools' ``BaseModelClass`` still
+    reads one for ``summary_stats`` (the number of input channels, as ``n_vars``), ``save`` and
+    ``load``; this dictionary holds exactly the fields those read, in scvi-tools' own layout, so
+    the model keeps scvi-tools' save/load, device handling and ``train()`` loop.
+    """
     return {
         "scvi_version": scvi.__version__,
         "model_name": "TrackDenoiser",
@@ -283,7 +291,11 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
 
     @classmethod
     def setup_anndata(cls, adata, **kwargs) -> None:
-        """Not used: the denoiser trains on bigWig windows; register them with :meth:`setup_tracks`."""
+        """Not used: the denoiser trains on bigWig windows; register them with :meth:`setup_tracks`.
+
+        scvi-tools' ``BaseModelClass`` declares ``setup_anndata`` abstract, so the class must define
+        it; an AnnData has nothing the denoiser could train on, so it says where to go instead.
+        """
         msg = (
             "TrackDenoiser trains on bigWig tracks, not on an AnnData: use TrackDenoiser.setup_tracks(noisy, clean, peaks, "
             "val_chroms=...), or build pseudobulk tracks from fragments with ct.tl.training_pair(...)."
