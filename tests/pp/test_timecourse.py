@@ -84,6 +84,15 @@ def test_pseudotime_is_binned():
     adata = AnnData(X.astype(np.float32), obs=pd.DataFrame({"pt": pt}, index=[f"c{i}" for i in range(n)]))
     s = ct.pp.timecourse_summary(adata, "pt")
     assert s.n_vars == 10 and s.uns["timecourse"]["binned"]
+    assert s.uns["timecourse"]["params"] == {
+        "time_key": "pt",
+        "layer": "None",
+        "mod": "None",
+        "n_bins": -1,
+        "n_top_genes": 2_000,
+        "genes_given": False,
+        "shrink": True,
+    }
     assert np.all(np.diff(s.var["time"]) > 0)
     assert s.var["n_cells"].sum() == n and s.var["n_cells"].min() >= 45
     s4 = ct.pp.timecourse_summary(adata, "pt", n_bins=4)

@@ -213,7 +213,7 @@ def time_points(column: pd.Series, *, n_bins: int | None = None, time_key: str =
     return TimePoints(cat.cat.codes.to_numpy().astype(np.int64), times, categories, binned=False)
 
 
-def timecourse_matrix(adata: AnnData, layer: str | None):
+def timecourse_matrix(adata: AnnData, layer: str | None) -> np.ndarray | sp.spmatrix:
     """The cells × genes matrix to summarise over time: ``X`` or ``layers[layer]``, checked.
 
     NaN marks a value that was not measured; infinite values are an error.
@@ -512,7 +512,10 @@ def timecourse_summary(
         ``baseline``, ``scale`` (magnitude), ``dynamic_score``, ``dynamic_pval``,
         ``dynamic_qval``;
     ``var``
-        ``time`` (real units), ``n_cells``, ``dt``.
+        ``time`` (real units), ``n_cells``, ``dt``;
+    ``uns['timecourse']``
+        ``params`` of this call (``None`` stored as ``'None'``, or -1 for numbers), ``dt_unit``,
+        ``test``, ``binned``, ``shrink``, ``n_missing`` and, when binned, ``bin_edges``.
     """
     adata = get_modality(data, mod)
     X = timecourse_matrix(adata, layer)
@@ -522,4 +525,14 @@ def timecourse_summary(
         raise ValueError(msg)
     st = gene_time_stats(X, tp)
     pos = select_genes(adata.var_names, st, n_top_genes=n_top_genes, genes=genes)
-    return summary_anndata(adata.var_names, st, tp, pos, qval=false_discovery_control(st.pval), shrink=shrink)
+    out = summary_anndata(adata.var_names, st, tp, pos, qval=false_discovery_control(st.pval), shrink=shrink)
+    out.uns["timecourse"]["params"] = {
+        "time_key": time_key,
+        "layer": "None" if layer is None else layer,
+        "mod": "None" if mod is None else mod,
+        "n_bins": -1 if n_bins is None else int(n_bins),
+        "n_top_genes": -1 if n_top_genes is None else int(n_top_genes),
+        "genes_given": genes is not None,
+        "shrink": bool(shrink),
+    }
+    return out

@@ -82,7 +82,7 @@ def vrnn_stability(
     Returns
     -------
     One row per run: ``run``, ``seed``, ``ari`` (to the stored modules). Also writes
-    ``adata.uns[key]['stability']`` (``method``, ``ari``, ``mean_ari``, ``pairwise_ari``
+    ``adata.uns[key]['stability']`` (``params``, ``method``, ``ari``, ``mean_ari``, ``pairwise_ari``
     between runs) and ``adata.var[key + '_stability']`` (per-gene agreement, NaN for genes not
     modelled).
     """
@@ -177,6 +177,7 @@ def vrnn_stability(
         "mean_ari": float(table["ari"].mean()),
         "pairwise_ari": pairwise,
         "seeds": table["seed"].to_numpy(np.int64),
+        "params": {"n_runs": int(n_runs), "method": method, "random_state": int(random_state)},
     }
     logger.info("VRNN module stability (%s, %d runs): mean ARI %.3f", method, n_runs, table["ari"].mean())
     return table
