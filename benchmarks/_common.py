@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -38,6 +39,12 @@ def machine() -> dict:
         "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+
+
+def git_commit() -> str:
+    """The commit checked out (empty outside a git checkout)."""
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
+    return out.stdout.strip()
 
 
 def peak_rss_mb() -> float:

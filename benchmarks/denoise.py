@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, require_data, timer, write_results
+from _common import git_commit, machine, require_data, timer, write_results
 
 import chromtools as ct
 
@@ -222,11 +222,10 @@ def main() -> None:
     args = parser.parse_args()
     data = require_data()
     hsc = ct.datasets.hsc_bulk(data)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks/denoise.py"], capture_output=True,
                            text=True, cwd=Path(__file__).parent).stdout.strip()
     results: dict = {
-        "git_commit": commit.stdout.strip(),
+        "git_commit": git_commit(),
         "git_dirty_files": dirty.splitlines(),
         "machine": machine(),
         "machine_shared_with_other_jobs": args.shared_machine,
@@ -252,7 +251,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        ratio = ct.models._track_data.bigwig_mean(hsc.clean) / ct.models._track_data.bigwig_mean(hsc.noisy)
+        ratio = ct.io.bigwig_mean(hsc.clean) / ct.io.bigwig_mean(hsc.noisy)
         base = {}
         base["noisy_track_depth_scaled"] = pick(
             ct.metrics.evaluate_denoising(

@@ -41,7 +41,6 @@ import functools
 import itertools
 import logging
 import multiprocessing
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -53,7 +52,7 @@ from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, machine, peak_rss_mb, require_data, timer, write_results
+from _common import git_commit, machine, peak_rss_mb, require_data, timer, write_results
 
 import chromtools as ct
 
@@ -332,7 +331,7 @@ def targets(results: dict) -> list[dict]:
 def main() -> None:
     torch.set_num_threads(THREADS)
     require_data()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()
     load_start = os.getloadavg()
     with timer() as total:
         tasks = all_tasks()

@@ -1,4 +1,4 @@
-"""Small helpers shared by every namespace: atomic outputs, modality selection, seeding, timing."""
+"""Small helpers shared by every namespace: atomic outputs, modality selection, seeding, timing, quiet logs."""
 
 from __future__ import annotations
 
@@ -95,6 +95,19 @@ def log_time(message: str, log: logging.Logger | None = None) -> Iterator[None]:
     log.info("%s finished in %.1f s", message, time.perf_counter() - start)
 
 
+def moving_average(x: np.ndarray, width: int) -> np.ndarray:
+    """Mean over a centred window of ``width`` values (zeros beyond the ends), float32; ``width <= 1`` returns ``x``.
+
+    The denoiser smooths its noisy input with it in training and at inference, so both must agree
+    to the last bit: a direct float32 convolution, not the O(n) cumulative sum of
+    ``tl._macs3.box_mean``, whose float64 rounding differs.
+    """
+    if width <= 1:
+        return x
+    kernel = np.ones(width, np.float32) / width
+    return np.convolve(x, kernel, mode="same").astype(np.float32)
+
+
 def quiet_lightning() -> None:
     """Silence Lightning's start-up chatter and its notices that do not apply to chromtools' training loops."""
     import warnings
@@ -105,3 +118,68 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=PossibleUserWarning)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def quiet_scvi(level: int = logging.WARNING) -> Iterator[None]:
+    """Set ``scvi.settings.verbosity`` to ``level`` inside the block, then restore it (scvi-tools logs per call)."""
+    import scvi
+
+    old = scvi.settings.verbosity
+    scvi.settings.verbosity = level
+    try:
+        yield
+    finally:
+        scvi.settings.verbosity = old
+
+
+@contextlib.contextmanager
+def _quiet_seed_notice() -> Iterator[None]:
+    """Hide Lightning's "Seed set to" notice inside the block."""
+    seed_log = logging.getLogger("lightning.fabric.utilities.seed")
+    old_level = seed_log.level
+    seed_log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        seed_log.setLevel(old_level)
+
+
+def seed_all(seed: int | None) -> None:
+    """Seed Python, NumPy and torch for good through ``scvi.settings.seed``; ``None`` leaves them alone.
+
+    Lightning's "Seed set to" notice is not logged.
+    """
+    if seed is None:
+        return
+    import scvi
+
+    with _quiet_seed_notice(), quiet_scvi():
+        scvi.settings.seed = int(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int | None) -> Iterator[None]:
+    """Seed Python, NumPy and torch (as :func:`seed_all`) inside the block, then restore their random states.
+
+    Inside the block scvi-tools logs warnings only. ``None`` runs the block unseeded.
+    """
+    if seed is None:
+        yield
+        return
+    import random
+
+    import torch
+
+    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    try:
+        with _quiet_seed_notice(), quiet_scvi():
+            seed_all(seed)
+            yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)

@@ -96,3 +96,36 @@ def test_scib_scores_of_a_good_and_a_bad_embedding():
     assert {"Batch correction", "Bio conservation", "Total"} <= set(res.columns)
     assert res.loc["good", "Batch correction"] > res.loc["bad", "Batch correction"]
     assert res.loc["good", "Total"] > res.loc["bad", "Total"]
+
+
+def _scores_before_sklearn(t, p, y, u):
+    """accuracy, per-class precision/recall/F1, macro-F1 and AUROC as chromtools computed them before scikit-learn."""
+    from scipy.stats import rankdata
+
+    rows = []
+    for c in np.unique(t):
+        is_t, is_p = t == c, p == c
+        tp = int(np.sum(is_t & is_p))
+        precision = tp / is_p.sum() if is_p.sum() else 0.0
+        recall = tp / is_t.sum()
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+        rows.append((precision, recall, f1))
+    ranks = rankdata(u)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    auroc = (ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return float(np.mean(t == p)), np.array(rows), float(np.mean([r[2] for r in rows])), float(auroc)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sklearn_scores_equal_the_old_ones(seed):
+    rng = np.random.default_rng(seed)
+    t = rng.choice(["B", "T", "NK", "Mono", "DC"], 500, p=[0.3, 0.3, 0.2, 0.15, 0.05])
+    p = np.where(rng.random(500) < 0.7, t, rng.choice(["B", "T", "NK", "Mono", "Unknown"], 500))
+    y = rng.random(500) < 0.2
+    u = np.round(rng.random(500) + 0.3 * y, 2)  # rounded: ties count half
+    acc, per_class, f1, auroc = _scores_before_sklearn(t, p, y, u)
+    assert ct.metrics.accuracy(t, p) == acc
+    report = ct.metrics.classification_report(t, p).sort_index()
+    np.testing.assert_allclose(report[["precision", "recall", "f1"]].to_numpy(), per_class, rtol=1e-12, atol=0)
+    assert ct.metrics.macro_f1(t, p) == pytest.approx(f1, rel=1e-12, abs=0)
+    assert ct.metrics.unknown_detection_auroc(y, u) == pytest.approx(auroc, rel=1e-12, abs=0)

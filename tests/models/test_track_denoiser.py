@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import chromtools as ct
-from chromtools.models._track_data import PEAKS_KEY, TARGET_KEY, TrackDataModule
+from chromtools.models._track_data import PEAKS_KEY, TARGET_KEY, X_KEY, TrackDataModule
 from chromtools.models._track_module import masked_pearson
 from chromtools.models._track_nets import AtacWorksNet, BinnedDilatedNet
 
@@ -73,7 +73,7 @@ def test_setup_tracks_split_and_windows(tiny_tracks):
     assert summary.loc["train", "peaks"] > 10
     dm = TrackDataModule(setup, pad=512, bin_size=16, batch_size=2, jitter=False)
     batch = next(iter(dm.val_dataloader()))
-    assert batch["x"].shape == (2, 1, 11_024) and batch["mask"][:, 512:-512].all() and not batch["mask"][:, :512].any()
+    assert batch[X_KEY].shape == (2, 1, 11_024) and batch["mask"][:, 512:-512].all() and not batch["mask"][:, :512].any()
     # the clean target is normalised by the clean track's mean coverage
     assert 0.2 < float(batch[TARGET_KEY][batch["mask"] > 0].mean()) < 20
 
@@ -247,5 +247,5 @@ def test_depth_scaling_none_uses_the_training_means_in_training_too(tiny_tracks,
     assert model.spec_["clean_mean"] == pytest.approx(setup.scales(p1, "none")[1])
     dm = TrackDataModule(setup, pad=512, bin_size=16, batch_size=1, jitter=False, depth_scaling="none")
     n = len(setup.train_windows) // 2  # the second pair's windows follow the first's
-    a, b = dm.train_set[0]["x"], dm.train_set[n]["x"]
+    a, b = dm.train_set[0][X_KEY], dm.train_set[n][X_KEY]
     assert torch.allclose(torch.expm1(b), 2 * torch.expm1(a), rtol=1e-4, atol=1e-4)

@@ -76,6 +76,7 @@ def test_gene_activity_from_peaks(peaks, annotation):
     promoter_only = ct.pp.gene_activity(peaks, annotation, gene_body=False)
     assert promoter_only.X.toarray()[0].tolist() == [2, 5, 7]
     wider = ct.pp.gene_activity(peaks, annotation, upstream=3_000)
+    assert wider.uns["gene_activity"]["params"]["upstream"] == 3_000
     assert wider.X.toarray()[0].tolist() == [6, 15, 7]
 
 

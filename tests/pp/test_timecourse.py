@@ -9,7 +9,6 @@ import scipy.sparse as sp
 from anndata import AnnData
 
 import chromtools as ct
-from chromtools.pp._timecourse import time_points
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +84,15 @@ def test_pseudotime_is_binned():
     adata = AnnData(X.astype(np.float32), obs=pd.DataFrame({"pt": pt}, index=[f"c{i}" for i in range(n)]))
     s = ct.pp.timecourse_summary(adata, "pt")
     assert s.n_vars == 10 and s.uns["timecourse"]["binned"]
+    assert s.uns["timecourse"]["params"] == {
+        "time_key": "pt",
+        "layer": "None",
+        "mod": "None",
+        "n_bins": -1,
+        "n_top_genes": 2_000,
+        "genes_given": False,
+        "shrink": True,
+    }
     assert np.all(np.diff(s.var["time"]) > 0)
     assert s.var["n_cells"].sum() == n and s.var["n_cells"].min() >= 45
     s4 = ct.pp.timecourse_summary(adata, "pt", n_bins=4)
@@ -94,11 +102,11 @@ def test_pseudotime_is_binned():
 
 def test_time_labels_and_categories():
     col = pd.Series(["24h", "3h", "0h", "3h", "12h"])
-    tp = time_points(col)
+    tp = ct.pp.time_points(col)
     assert tp.labels == ["0h", "3h", "12h", "24h"] and tp.times.tolist() == [0, 3, 12, 24]
     assert tp.index.tolist() == [3, 1, 0, 1, 2]
     ordered = pd.Series(pd.Categorical(["late", "early", "mid"], categories=["early", "mid", "late"], ordered=True))
-    tp = time_points(ordered)
+    tp = ct.pp.time_points(ordered)
     assert tp.labels == ["early", "mid", "late"] and tp.times.tolist() == [0, 1, 2]
 
 
@@ -196,3 +204,28 @@ def test_missing_values_and_missing_time_points():
     few.layers["counts"][few.obs["time"].to_numpy() > 0, 0] = np.nan
     out = ct.pp.timecourse_summary(few, "time", layer="counts", n_top_genes=None)
     assert "gene_0" not in out.obs_names
+
+
+def _bh_before_scipy(p: np.ndarray) -> np.ndarray:
+    """The Benjamini-Hochberg adjustment chromtools computed itself before scipy's false_discovery_control."""
+    n = p.size
+    order = np.argsort(p)
+    q = np.minimum.accumulate((p[order] * n / np.arange(1, n + 1))[::-1])[::-1]
+    out = np.empty(n)
+    out[order] = np.minimum(q, 1.0)
+    return out
+
+
+def test_dynamic_qvalues_are_the_old_benjamini_hochberg():
+    from scipy.stats import false_discovery_control
+
+    rng = np.random.default_rng(0)
+    p = rng.random(2_000) ** 3
+    p[:500] = p[500:1_000]  # ties
+    p[-10:] = 1.0
+    assert np.allclose(false_discovery_control(p), _bh_before_scipy(p), rtol=1e-12, atol=0)
+    tc = ct.datasets.simulate_timecourse(300, time_points=(0, 1, 3, 6, 12), cells_per_time=20, random_state=0)
+    summary = ct.pp.timecourse_summary(tc, n_top_genes=None)
+    st = ct.pp.gene_time_stats(ct.pp.timecourse_matrix(tc, None), ct.pp.time_points(tc.obs["time"]))
+    expected = _bh_before_scipy(st.pval)[tc.var_names.get_indexer(summary.obs_names)]
+    assert np.allclose(summary.obs["dynamic_qval"], expected, rtol=1e-12, atol=0)

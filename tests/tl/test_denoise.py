@@ -72,7 +72,7 @@ def test_denoised_track_is_in_clean_units(denoised, tiny_tracks, tiny_model):
     # the clean track is ~16x deeper than the noisy input; the denoised one is on the clean side of that
     assert clean.mean() / noisy_mean > 10 and 0.5 < track.mean() / clean.mean() < 2
     assert denoised.params["output_scale"] == pytest.approx(
-        ct.models._track_data.bigwig_mean(tiny_tracks.noisy) * ratio * tiny_model.spec_["track_scale"]
+        ct.io.bigwig_mean(tiny_tracks.noisy) * ratio * tiny_model.spec_["track_scale"]
     )
 
 

@@ -10,7 +10,7 @@ import torch
 from sklearn.metrics import adjusted_rand_score
 
 import chromtools as ct
-from chromtools.tl._vrnn import response_timing
+from chromtools.tl._vrnn_timing import response_timing
 
 torch.set_num_threads(1)
 FAST = {"max_epochs": 60, "progress": False, "accelerator": "cpu"}

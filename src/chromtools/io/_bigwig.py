@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -135,6 +135,59 @@ def read_bigwig(path: PathLike, chrom: str, start: int = 0, end: int | None = No
     """
     with BigWigReader(path) as bw:
         return bw.values(chrom, start, end)
+
+
+def read_window(bw: BigWigReader, chrom: str, start: int, end: int) -> np.ndarray:
+    """Per-base values of ``chrom:[start, end)`` from an open reader, zero outside the chromosome.
+
+    Unlike :meth:`BigWigReader.values`, the window may overhang either end of the chromosome
+    (the overhang reads as 0), which is what fixed-size model windows at chromosome ends need.
+
+    Parameters
+    ----------
+    bw
+        An open :class:`BigWigReader`.
+    chrom, start, end
+        The window, 0-based and half-open; ``start`` may be negative and ``end`` past the end.
+
+    Returns
+    -------
+    float32 values, ``end - start`` of them.
+    """
+    size = bw.chrom_sizes[chrom]
+    out = np.zeros(end - start, np.float32)
+    a, b = max(start, 0), min(end, size)
+    if a < b:
+        bw.values(chrom, a, b, out=out[a - start : b - start])
+    return out
+
+
+def bigwig_mean(path: PathLike, chroms: Sequence[str] | None = None) -> float:
+    """Mean value per base of a bigWig over ``chroms`` (default: every chromosome of its header).
+
+    Reads the stored runs, not per-base arrays, so it is fast on whole genomes. The denoiser
+    divides its input tracks by this (depth scaling); the ratio of two tracks' means is their
+    sequencing-depth ratio.
+
+    Parameters
+    ----------
+    path
+        bigWig file.
+    chroms
+        Chromosomes to average over; bases without data count as 0.
+
+    Returns
+    -------
+    Sum of values over the chromosomes divided by their total length.
+    """
+    with BigWigReader(path) as bw:
+        use = list(bw.chrom_sizes) if chroms is None else list(chroms)
+        total = 0.0
+        for c in use:
+            s, e, v = bw.intervals(c)
+            total += float(np.dot(e - s, v.astype(np.float64)))
+        length = sum(bw.chrom_sizes[c] for c in use)
+    return total / max(length, 1)
 
 
 def runs_from_values(values: np.ndarray, offset: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -95,11 +95,42 @@ def _n_header_lines(path: Path) -> tuple[int, int]:
     raise ValueError(msg)
 
 
-def _validate_chunk(df: pd.DataFrame, path: Path, first_line: int) -> pd.DataFrame:
-    bad = df["start"].isna() | df["end"].isna() | df["barcode"].isna()
+def validate_fragments(
+    fragments: pd.DataFrame,
+    path: PathLike,
+    first: int = 1,
+    *,
+    unit: Literal["line", "fragment"] = "line",
+    check_barcodes: bool = True,
+) -> pd.DataFrame:
+    """Check a block of fragments: coordinates (and barcodes) present, ``0 <= start < end``.
+
+    Parameters
+    ----------
+    fragments
+        Columns ``chrom``, ``start``, ``end``, ``barcode`` (as :func:`read_fragments` returns).
+    path
+        The file they came from, named in the error.
+    first
+        Number of the block's first row in the file, counted in ``unit``.
+    unit
+        What ``first`` counts: file ``'line'`` s (headers included) or ``'fragment'`` s.
+    check_barcodes
+        Also require a barcode on every fragment (a reader that skips fragments without one
+        passes ``False``).
+
+    Returns
+    -------
+    ``fragments`` itself; a bad row raises a :class:`ValueError` naming the file and its line or
+    fragment number.
+    """
+    df = fragments
+    bad = df["start"].isna() | df["end"].isna()
+    if check_barcodes:
+        bad |= df["barcode"].isna()
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
-        msg = f"{path}, line {first_line + i}: expected 'chrom start end barcode [count]' with integer coordinates."
+        msg = f"{path}, {unit} {first + i}: expected 'chrom start end barcode [count]' with integer coordinates."
         raise ValueError(msg)
     start = df["start"].to_numpy()
     end = df["end"].to_numpy()
@@ -107,7 +138,7 @@ def _validate_chunk(df: pd.DataFrame, path: Path, first_line: int) -> pd.DataFra
     if wrong.any():
         i = int(np.flatnonzero(wrong)[0])
         msg = (
-            f"{path}, line {first_line + i}: fragment {df['chrom'].iat[i]}:{start[i]}-{end[i]} is empty, inverted "
+            f"{path}, {unit} {first + i}: fragment {df['chrom'].iat[i]}:{start[i]}-{end[i]} is empty, inverted "
             "or negative; fragments are 0-based half-open with start < end."
         )
         raise ValueError(msg)
@@ -136,7 +167,7 @@ def _read_csv_chunks(path: Path, n_header: int, n_cols: int, chunksize: int) -> 
             for col in ("start", "end"):
                 if chunk[col].dtype.kind not in "iu":
                     chunk[col] = pd.to_numeric(chunk[col], errors="coerce")
-            chunk = _validate_chunk(chunk, path, line)
+            chunk = validate_fragments(chunk, path, line)
             chunk["start"] = chunk["start"].astype(np.int64)
             chunk["end"] = chunk["end"].astype(np.int64)
             if "count" not in chunk:
@@ -182,7 +213,7 @@ def _tabix_fetch(path: Path, chrom: str, start: int | None, end: int | None) -> 
     df.columns = FRAGMENT_COLUMNS[: df.shape[1]]
     if "count" not in df:
         df["count"] = 1
-    return _validate_chunk(df, path, 1)
+    return validate_fragments(df, path, 1)
 
 
 def iter_fragments(

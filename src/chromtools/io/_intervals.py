@@ -21,6 +21,7 @@ from ._sizes import read_chrom_sizes
 logger = logging.getLogger(__name__)
 
 BED_COLUMNS = ["chrom", "start", "end", "name", "score", "strand"]
+#: Columns of a narrowPeak table, in file order (what :func:`read_narrowpeak` returns).
 NARROWPEAK_COLUMNS = ["chrom", "start", "end", "name", "score", "strand", "signalValue", "pValue", "qValue", "peak"]
 BEDGRAPH_COLUMNS = ["chrom", "start", "end", "value"]
 _HEADER_PREFIXES = ("#", "track", "browser")

@@ -40,8 +40,10 @@ def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
         True and predicted labels (compared as strings; a prediction of ``'Unknown'`` counts as
         wrong unless the true label is ``'Unknown'``).
     """
+    from sklearn.metrics import accuracy_score
+
     t, p = _pair(y_true, y_pred)
-    return float(np.mean(t == p))
+    return float(accuracy_score(t, p))
 
 
 def classification_report(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
@@ -57,20 +59,19 @@ def classification_report(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
     One row per true class (sorted by support): ``precision``, ``recall``, ``f1``, ``support``,
     ``n_predicted``, ``most_confused_with`` and its share ``confused_fraction``.
     """
+    from sklearn.metrics import precision_recall_fscore_support
+
     t, p = _pair(y_true, y_pred)
     classes = pd.Index(np.unique(t))
+    precision, recall, f1, support = precision_recall_fscore_support(t, p, labels=classes, zero_division=0)
     rows = []
-    for c in classes:
+    for i, c in enumerate(classes):
+        # sklearn has no "most confused with"; that column is ours
         is_t, is_p = t == c, p == c
-        tp = int(np.sum(is_t & is_p))
-        support, n_pred = int(is_t.sum()), int(is_p.sum())
-        precision = tp / n_pred if n_pred else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
         wrong = pd.Series(p[is_t & ~is_p]).value_counts()
         confused = str(wrong.index[0]) if len(wrong) else ""
-        frac = float(wrong.iloc[0] / support) if len(wrong) else 0.0
-        rows.append((c, precision, recall, f1, support, n_pred, confused, frac))
+        frac = float(wrong.iloc[0] / support[i]) if len(wrong) else 0.0
+        rows.append((c, precision[i], recall[i], f1[i], int(support[i]), int(is_p.sum()), confused, frac))
     df = pd.DataFrame(
         rows,
         columns=[
@@ -93,7 +94,10 @@ def macro_f1(y_true: Sequence, y_pred: Sequence) -> float:
     Classes that occur only among the predictions (e.g. ``'Unknown'``) are not averaged
     over; predicting them still lowers the recall of the true classes.
     """
-    return float(classification_report(y_true, y_pred)["f1"].mean())
+    from sklearn.metrics import f1_score
+
+    t, p = _pair(y_true, y_pred)
+    return float(f1_score(t, p, labels=np.unique(t), average="macro", zero_division=0))
 
 
 def unknown_detection_auroc(is_unknown: Sequence[bool], uncertainty: Sequence[float]) -> float:
@@ -111,7 +115,7 @@ def unknown_detection_auroc(is_unknown: Sequence[bool], uncertainty: Sequence[fl
     -------
     AUROC in [0, 1] (0.5: no better than chance); ties count half (Mann-Whitney).
     """
-    from scipy.stats import rankdata
+    from sklearn.metrics import roc_auc_score
 
     y = np.asarray(is_unknown, dtype=bool)
     u = np.asarray(uncertainty, dtype=float)
@@ -125,8 +129,7 @@ def unknown_detection_auroc(is_unknown: Sequence[bool], uncertainty: Sequence[fl
     if n_pos == 0 or n_neg == 0:
         msg = "AUROC needs both unknown and known cells; is_unknown is all True or all False."
         raise ValueError(msg)
-    ranks = rankdata(u)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(roc_auc_score(y, u))
 
 
 def label_transfer_scores(

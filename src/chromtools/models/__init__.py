@@ -8,7 +8,9 @@ if TYPE_CHECKING:  # names load on first access, so torch and scvi-tools import 
     from ._arches import freeze_for_surgery, frozen_weight_drift, reference_state_dict, surgery_ready_kwargs
     from ._reference import PeakVAEModule, check_saved_reference
     from ._ssvae import PeakSCANVI
+    from ._track_data import input_transform
     from ._track_denoiser import TrackDenoiser
+    from ._track_peaks import PeakStream, drop_blacklisted, score_peaks
     from ._trvae import PeakTRVAE
     from ._vrnn import VRNN
     from ._vrnn_module import VRNNModule
@@ -19,7 +21,9 @@ __getattr__, __dir__, __all__ = attach(
         "_arches": ["freeze_for_surgery", "frozen_weight_drift", "reference_state_dict", "surgery_ready_kwargs"],
         "_reference": ["PeakVAEModule", "check_saved_reference"],
         "_ssvae": ["PeakSCANVI"],
+        "_track_data": ["input_transform"],
         "_track_denoiser": ["TrackDenoiser"],
+        "_track_peaks": ["PeakStream", "drop_blacklisted", "score_peaks"],
         "_trvae": ["PeakTRVAE"],
         "_vrnn": ["VRNN"],
         "_vrnn_module": ["VRNNModule"],

@@ -12,35 +12,29 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch import LightningDataModule
+from scvi import REGISTRY_KEYS
 from torch.utils.data import DataLoader, Dataset
 
+from chromtools._utils import PathLike, moving_average
+from chromtools.io import (
+    BigWigReader,
+    bigwig_mean,
+    check_chrom_sizes,
+    parse_region,
+    read_chrom_sizes,
+    read_peaks,
+    read_window,
+)
 from chromtools.models._distributed import shard_sampler
-
-from chromtools._utils import PathLike
-from chromtools.io import BigWigReader, check_chrom_sizes, parse_region, read_chrom_sizes, read_peaks
 
 logger = logging.getLogger(__name__)
 
-# Keys of the tensors a batch carries (the module reads them by these names).
-X_KEY = "x"
+# Keys of the tensors a batch carries (the module reads them by these names); the input is
+# scvi-tools' own X key, as in the reference models.
+X_KEY = REGISTRY_KEYS.X_KEY
 TARGET_KEY = "target"
 PEAKS_KEY = "peaks"
 MASK_KEY = "mask"
-
-
-def bigwig_mean(path: PathLike, chroms: Sequence[str] | None = None) -> float:
-    """Mean value per base of a bigWig over ``chroms`` (default: its whole header genome).
-
-    Used for depth scaling; it reads the stored runs, not per-base arrays, so it is fast.
-    """
-    with BigWigReader(path) as bw:
-        use = list(bw.chrom_sizes) if chroms is None else list(chroms)
-        total = 0.0
-        for c in use:
-            s, e, v = bw.intervals(c)
-            total += float(np.dot(e - s, v.astype(np.float64)))
-        length = sum(bw.chrom_sizes[c] for c in use)
-    return total / max(length, 1)
 
 
 class PeakMask:
@@ -98,23 +92,23 @@ class TrackPair:
     labels: PeakMask | None = None
 
 
-def read_window(bw: BigWigReader, chrom: str, start: int, end: int) -> np.ndarray:
-    """Values of ``chrom:[start, end)``, zero outside the chromosome (so windows may overhang its ends)."""
-    size = bw.chrom_sizes[chrom]
-    out = np.zeros(end - start, np.float32)
-    a, b = max(start, 0), min(end, size)
-    if a < b:
-        bw.values(chrom, a, b, out=out[a - start : b - start])
-    return out
-
-
-def tile(size: int, window: int) -> np.ndarray:
-    """Window starts covering ``[0, size)``; the last window may overhang the end (it is not dropped)."""
-    return np.arange(0, size, window, dtype=np.int64)
-
-
 def input_transform(x: np.ndarray, scale: float) -> np.ndarray:
-    """Depth-scale and log-compress a coverage track: ``log1p(x / scale)``."""
+    """The :class:`TrackDenoiser`'s input transform: depth-scale and log-compress a coverage track.
+
+    Training windows and :func:`chromtools.tl.denoise` both pass their input tracks through it,
+    so a model sees the same numbers at inference as in training.
+
+    Parameters
+    ----------
+    x
+        Coverage values (negative values count as 0).
+    scale
+        Depth divisor, e.g. the track's :func:`chromtools.io.bigwig_mean`.
+
+    Returns
+    -------
+    ``log1p(max(x, 0) / scale)`` as float32.
+    """
     return np.log1p(np.maximum(x, 0) / scale).astype(np.float32)
 
 
@@ -180,13 +174,6 @@ class TrackSetup:
                 }
             )
         return pd.DataFrame(rows).set_index("split")
-
-
-def _smooth(x: np.ndarray, width: int) -> np.ndarray:
-    if width <= 1:
-        return x
-    kernel = np.ones(width, np.float32) / width
-    return np.convolve(x, kernel, mode="same").astype(np.float32)
 
 
 def make_setup(
@@ -435,7 +422,7 @@ class TrackWindows(Dataset):
         noisy_scale, clean_scale, extra_scales = self.setup.scales(pair, self.depth_scaling)
         channels = [
             input_transform(
-                _smooth(read_window(self._reader(pair.noisy), chrom, lo, hi), self.setup.smooth), noisy_scale
+                moving_average(read_window(self._reader(pair.noisy), chrom, lo, hi), self.setup.smooth), noisy_scale
             )
         ]
         for path, scale in zip(pair.extra, extra_scales, strict=True):

@@ -13,14 +13,14 @@ from typing import Literal
 import numpy as np
 import scvi
 import torch
-from scvi import REGISTRY_KEYS
-from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.strategies import Strategy
+from scvi import REGISTRY_KEYS
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import SaveCheckpoint
 
 from chromtools._docs import doc_params
-from chromtools._utils import PathLike, atomic_output, quiet_lightning
+from chromtools._utils import PathLike, atomic_output, quiet_lightning, quiet_scvi, seed_all, seeded
 from chromtools.models._distributed import BestWeights, is_distributed
 from chromtools.models._track_data import TrackDataModule, TrackSetup, make_setup, pad_for
 from chromtools.models._track_module import AUPRC_METRIC, TrackDenoiserModule, TrackTrainingPlan
@@ -32,7 +32,15 @@ SPEC_VERSION = 2
 
 
 def _registry(n_channels: int, channel_names: list[str], window: int) -> dict:
-    """The minimal scvi-tools registry of a window model (no AnnData behind it)."""
+    """The minimal scvi-tools registry of a window model (no AnnData behind it).
+
+    Why hand-written: the denoiser's data are bigWig windows streamed from disk
+    (:class:`~chromtools.models._track_data.TrackDataModule`), not an AnnData, so there is no
+    :class:`~scvi.data.AnnDataManager` to build a registry. scvi-tools' ``BaseModelClass`` still
+    reads one for ``summary_stats`` (the number of input channels, as ``n_vars``), ``save`` and
+    ``load``; this dictionary holds exactly the fields those read, in scvi-tools' own layout, so
+    the model keeps scvi-tools' save/load, device handling and ``train()`` loop.
+    """
     return {
         "scvi_version": scvi.__version__,
         "model_name": "TrackDenoiser",
@@ -148,9 +156,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             registry = _registry(setup.n_channels, channel_names, setup.window)
         super().__init__(None, registry)
         n_channels = self.summary_stats.n_vars
-        with torch.random.fork_rng(devices=[]):
-            if random_state is not None:
-                torch.manual_seed(int(random_state))
+        with seeded(random_state):
             self.module = self._module_cls(
                 n_channels,
                 arch,
@@ -285,10 +291,14 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
 
     @classmethod
     def setup_anndata(cls, adata, **kwargs) -> None:
-        """Not used: the denoiser trains on bigWig windows; register them with :meth:`setup_tracks`."""
+        """Not used: the denoiser trains on bigWig windows; register them with :meth:`setup_tracks`.
+
+        scvi-tools' ``BaseModelClass`` declares ``setup_anndata`` abstract, so the class must define
+        it; an AnnData has nothing the denoiser could train on, so it says where to go instead.
+        """
         msg = (
             "TrackDenoiser trains on bigWig tracks, not on an AnnData: use TrackDenoiser.setup_tracks(noisy, clean, peaks, "
-            "val_chroms=...), or build pseudobulk tracks from fragments with ct.pp.training_pair(...)."
+            "val_chroms=...), or build pseudobulk tracks from fragments with ct.tl.training_pair(...)."
         )
         raise TypeError(msg)
 
@@ -360,7 +370,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             msg = "This model has no training data attached (it was loaded); build a new one from TrackDenoiser.setup_tracks()."
             raise RuntimeError(msg)
         quiet_lightning()
-        scvi.settings.seed = random_state
+        seed_all(random_state)
         datamodule = TrackDataModule(
             self._setup,
             pad=self.spec_["pad"],
@@ -395,34 +405,29 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
                     callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=patience))
             elif strategy != "auto":
                 trainer_kwargs["strategy"] = strategy
-            scvi_level = scvi.settings.verbosity
-            scvi.settings.verbosity = logging.WARNING
-            try:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message="early_stopping was automatically disabled")
-                    super().train(
-                        max_epochs=max_epochs,
-                        accelerator=accelerator,
-                        devices=devices,
-                        datamodule=datamodule,
-                        early_stopping=early_stopping and not distributed,
-                        early_stopping_monitor=monitor,
-                        early_stopping_mode=mode,
-                        early_stopping_patience=patience,
-                        callbacks=callbacks,
-                        enable_progress_bar=progress,
-                        check_val_every_n_epoch=1,
-                        plan_kwargs={
-                            "optimizer": "AdamW",
-                            "lr": lr,
-                            "weight_decay": weight_decay,
-                            "log_auprc": has_peaks,
-                            "cosine_epochs": max_epochs if lr_schedule == "cosine" else None,
-                        },
-                        **trainer_kwargs,
-                    )
-            finally:
-                scvi.settings.verbosity = scvi_level
+            with quiet_scvi(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="early_stopping was automatically disabled")
+                super().train(
+                    max_epochs=max_epochs,
+                    accelerator=accelerator,
+                    devices=devices,
+                    datamodule=datamodule,
+                    early_stopping=early_stopping and not distributed,
+                    early_stopping_monitor=monitor,
+                    early_stopping_mode=mode,
+                    early_stopping_patience=patience,
+                    callbacks=callbacks,
+                    enable_progress_bar=progress,
+                    check_val_every_n_epoch=1,
+                    plan_kwargs={
+                        "optimizer": "AdamW",
+                        "lr": lr,
+                        "weight_decay": weight_decay,
+                        "log_auprc": has_peaks,
+                        "cosine_epochs": max_epochs if lr_schedule == "cosine" else None,
+                    },
+                    **trainer_kwargs,
+                )
             best = checkpoint.best_score if distributed else checkpoint.best_model_score
             self.best_score_ = float(best) if best is not None else None
         self.spec_["monitor"] = monitor
@@ -588,12 +593,8 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             raise ValueError(msg)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*no saved anndata.*")
-            scvi_level = scvi.settings.verbosity
-            scvi.settings.verbosity = logging.WARNING
-            try:
+            with quiet_scvi():
                 model = super().load(str(dir_path), adata=None, accelerator=accelerator, device=device, **kwargs)
-            finally:
-                scvi.settings.verbosity = scvi_level
         model.module.eval()
         return model
 

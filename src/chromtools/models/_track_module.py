@@ -9,10 +9,9 @@ from typing import Literal
 import numpy as np
 import torch
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
-
-from chromtools.models._distributed import DistributedSafeLogging
 from torch.nn import functional as F
 
+from chromtools.models._distributed import DistributedSafeLogging
 from chromtools.models._track_data import MASK_KEY, PEAKS_KEY, TARGET_KEY, X_KEY
 from chromtools.models._track_nets import build_network
 

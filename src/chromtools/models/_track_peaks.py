@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-PEAK_COLUMNS = ["chrom", "start", "end", "name", "score", "strand", "signalValue", "pValue", "qValue", "peak"]
 #: -log10 p-values are capped here (a float64 underflows near 1e-308).
 MAX_LOG10 = 300.0
 

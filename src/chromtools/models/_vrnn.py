@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
-import scvi
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
@@ -17,7 +14,7 @@ from scvi.data.fields import LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from chromtools._docs import doc_params
-from chromtools._utils import quiet_lightning
+from chromtools._utils import quiet_lightning, seeded
 from chromtools.models._vrnn_module import DT_KEY, MASK_KEY, NOISE_KEY, VRNNModule, VRNNTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -28,32 +25,6 @@ DEFAULT_BATCH_SIZE = 128
 DEFAULT_LR = 1e-2
 DEFAULT_LR_DECAY = 0.05
 DEFAULT_KL_WARMUP = 0.5
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """Seed python, NumPy, torch (through ``scvi.settings.seed``) inside the block, then restore their states."""
-    if seed is None:
-        yield
-        return
-    states = (random.getstate(), np.random.get_state(), torch.get_rng_state())
-    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    level = scvi.settings.verbosity
-    scvi.settings.verbosity = logging.WARNING
-    lightning_log = logging.getLogger("lightning.fabric.utilities.seed")
-    old_level = lightning_log.level
-    lightning_log.setLevel(logging.WARNING)
-    try:
-        scvi.settings.seed = int(seed)
-        yield
-    finally:
-        random.setstate(states[0])
-        np.random.set_state(states[1])
-        torch.set_rng_state(states[2])
-        if cuda_states is not None:
-            torch.cuda.set_rng_state_all(cuda_states)
-        scvi.settings.verbosity = level
-        lightning_log.setLevel(old_level)
 
 
 class VRNN(UnsupervisedTrainingMixin, BaseModelClass):

@@ -304,7 +304,7 @@ def gene_activity(
     A new AnnData (cells × genes) with the scores in ``X`` and ``layers['counts']`` (float32
     sparse), ``obs`` copied from the input, ``var`` with chrom, start, end, strand, tss,
     window_start, window_end and ``n_peaks`` (peaks in the window) or ``n_insertions``, and
-    ``uns['gene_activity']`` with the parameters. Genes without any peak or insertion are kept
+    ``uns['gene_activity']['params']`` with the parameters. Genes without any peak or insertion are kept
     (all zero).
     """
     adata = get_modality(data, mod)
@@ -339,11 +339,13 @@ def gene_activity(
     out = AnnData(X=X, obs=adata.obs.copy(), var=var)
     out.layers["counts"] = X.copy()
     out.uns["gene_activity"] = {
-        "source": source,
-        "upstream": int(upstream),
-        "downstream": int(downstream),
-        "gene_body": bool(gene_body),
-        "max_width": int(max_width) if max_width is not None else -1,
+        "params": {
+            "source": source,
+            "upstream": int(upstream),
+            "downstream": int(downstream),
+            "gene_body": bool(gene_body),
+            "max_width": int(max_width) if max_width is not None else -1,
+        }
     }
     covered = int((n > 0).sum())
     logger.info("Gene activity of %d genes in %d cells (%d genes with signal).", out.n_vars, out.n_obs, covered)

@@ -308,19 +308,6 @@ def _fragment_chunks(path: Path, chunksize: int, n_jobs: int):
         raise ValueError(msg) from None
 
 
-def _check_chunk(chunk: pd.DataFrame, path: Path, line: int) -> None:
-    start = chunk["start"].to_numpy()
-    end = chunk["end"].to_numpy()
-    bad = (start < 0) | (end <= start)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        msg = (
-            f"{path}, fragment {line + i + 1}: {chunk['chrom'].iat[i]}:{start[i]}-{end[i]} is empty, inverted or "
-            "negative; fragments are 0-based half-open with start < end."
-        )
-        raise ValueError(msg)
-
-
 def _resolve_input(data, fragments, mod) -> tuple[Path, pd.DataFrame | None]:
     from anndata import AnnData
     from mudata import MuData
@@ -431,6 +418,8 @@ def peak_matrix(
     """
     from anndata import AnnData
 
+    from chromtools.io import validate_fragments
+
     if counting not in COUNTINGS:
         msg = f"counting must be one of {COUNTINGS}, got {counting!r}."
         raise ValueError(msg)
@@ -454,7 +443,7 @@ def peak_matrix(
     t0, c0 = time.perf_counter(), time.process_time()
     n_jobs = int(n_jobs or min(2, os.cpu_count() or 1))
     for chunk in _fragment_chunks(path, chunksize, n_jobs):
-        _check_chunk(chunk, path, n_read)
+        validate_fragments(chunk, path, n_read + 1, unit="fragment", check_barcodes=False)
         n_read += len(chunk)
         bc = chunk["barcode"].cat
         if fixed:

@@ -13,6 +13,7 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 from scipy import stats
+from scipy.stats import false_discovery_control
 
 from chromtools._docs import doc_params
 from chromtools._utils import get_modality
@@ -34,7 +35,21 @@ _NUMBER = re.compile(r"[-+]?\d*\.?\d+(?:[eE][-+]?\d+)?")
 
 @dataclass
 class TimePoints:
-    """Time point of every cell and the time points' values and labels."""
+    """Time point of every cell and the time points' values and labels (made by :func:`time_points`).
+
+    Attributes
+    ----------
+    index
+        Time point of each cell (integers ``0..T-1``).
+    times
+        Real time of each time point, increasing.
+    labels
+        Label of each time point.
+    binned
+        Whether a continuous time column was cut into bins.
+    edges
+        Bin edges when binned.
+    """
 
     index: np.ndarray  # (n_cells,) int, time point of each cell
     times: np.ndarray  # (T,) float, real time of each time point
@@ -50,7 +65,22 @@ class TimePoints:
 
 @dataclass
 class GeneTimeStats:
-    """Per-gene statistics over time points for every gene of the input."""
+    """Per-gene statistics over time points for every gene of the input (made by :func:`gene_time_stats`).
+
+    Attributes
+    ----------
+    mean, variance, counts, filled
+        Genes × time points: per-time means (NaN where not measured), variances (shrunk towards
+        the pooled one), cells measured, and means interpolated in time where not measured.
+    n_cells
+        Cells per time point.
+    baseline, scale
+        Mean and standard deviation over time of the filled means (scale 0: constant gene).
+    score, pval
+        Dynamic score (ANOVA F, or von Neumann z for bulk data) and its p-value.
+    test
+        ``'anova'`` or ``'von_neumann'``.
+    """
 
     mean: np.ndarray  # (genes, T) per-time means, NaN where the gene was not measured
     variance: np.ndarray  # (genes, T) per-time variance (shrunk towards the pooled one; 0 where not measured)
@@ -84,7 +114,22 @@ def interpolate_missing(values: np.ndarray, times: np.ndarray, observed: np.ndar
     return out
 
 
-def _get_time_column(data: AnnData | MuData, adata: AnnData, time_key: str) -> pd.Series:
+def time_column(data: AnnData | MuData, adata: AnnData, time_key: str) -> pd.Series:
+    """Each cell's time: column ``time_key`` of the modality's ``obs``, else of the MuData's.
+
+    Parameters
+    ----------
+    data
+        The AnnData or MuData given by the user.
+    adata
+        The modality of ``data`` being summarised (``data`` itself for an AnnData).
+    time_key
+        Column name.
+
+    Returns
+    -------
+    The column, indexed like ``adata.obs``.
+    """
     if time_key in adata.obs:
         return adata.obs[time_key]
     obs = getattr(data, "obs", None)
@@ -168,7 +213,22 @@ def time_points(column: pd.Series, *, n_bins: int | None = None, time_key: str =
     return TimePoints(cat.cat.codes.to_numpy().astype(np.int64), times, categories, binned=False)
 
 
-def _get_matrix(adata: AnnData, layer: str | None):
+def timecourse_matrix(adata: AnnData, layer: str | None) -> np.ndarray | sp.spmatrix:
+    """The cells × genes matrix to summarise over time: ``X`` or ``layers[layer]``, checked.
+
+    NaN marks a value that was not measured; infinite values are an error.
+
+    Parameters
+    ----------
+    adata
+        Cells × genes.
+    layer
+        Layer to use; ``None`` for ``X``.
+
+    Returns
+    -------
+    The matrix itself (dense or sparse, not copied).
+    """
     if layer is None:
         X = adata.X
     else:
@@ -308,18 +368,6 @@ def select_genes(
             raise ValueError(msg)
         order = order[:n_top_genes]
     return np.sort(order)
-
-
-def bh_adjust(p: np.ndarray) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values."""
-    p = np.asarray(p, float)
-    n = p.size
-    order = np.argsort(p)
-    ranked = p[order] * n / np.arange(1, n + 1)
-    q = np.minimum.accumulate(ranked[::-1])[::-1]
-    out = np.empty(n)
-    out[order] = np.minimum(q, 1.0)
-    return out
 
 
 def summary_anndata(
@@ -464,14 +512,27 @@ def timecourse_summary(
         ``baseline``, ``scale`` (magnitude), ``dynamic_score``, ``dynamic_pval``,
         ``dynamic_qval``;
     ``var``
-        ``time`` (real units), ``n_cells``, ``dt``.
+        ``time`` (real units), ``n_cells``, ``dt``;
+    ``uns['timecourse']``
+        ``params`` of this call (``None`` stored as ``'None'``, or -1 for numbers), ``dt_unit``,
+        ``test``, ``binned``, ``shrink``, ``n_missing`` and, when binned, ``bin_edges``.
     """
     adata = get_modality(data, mod)
-    X = _get_matrix(adata, layer)
-    tp = time_points(_get_time_column(data, adata, time_key), n_bins=n_bins, time_key=time_key)
+    X = timecourse_matrix(adata, layer)
+    tp = time_points(time_column(data, adata, time_key), n_bins=n_bins, time_key=time_key)
     if len(tp.labels) < 2:
         msg = f"The time column '{time_key}' has a single time point ({tp.labels[0]!r}); a time course needs at least two."
         raise ValueError(msg)
     st = gene_time_stats(X, tp)
     pos = select_genes(adata.var_names, st, n_top_genes=n_top_genes, genes=genes)
-    return summary_anndata(adata.var_names, st, tp, pos, qval=bh_adjust(st.pval), shrink=shrink)
+    out = summary_anndata(adata.var_names, st, tp, pos, qval=false_discovery_control(st.pval), shrink=shrink)
+    out.uns["timecourse"]["params"] = {
+        "time_key": time_key,
+        "layer": "None" if layer is None else layer,
+        "mod": "None" if mod is None else mod,
+        "n_bins": -1 if n_bins is None else int(n_bins),
+        "n_top_genes": -1 if n_top_genes is None else int(n_top_genes),
+        "genes_given": genes is not None,
+        "shrink": bool(shrink),
+    }
+    return out

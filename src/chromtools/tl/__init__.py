@@ -9,8 +9,11 @@ if TYPE_CHECKING:  # names load on first access, so torch and scvi-tools import 
     from ._label_transfer import transfer_labels
     from ._macs3 import macs3_peaks
     from ._mapping import map_query, train_reference
+    from ._pairs import TrainingPair, training_pair
     from ._peaks import PeakStream, call_peaks
-    from ._vrnn import vrnn_cluster, vrnn_export, vrnn_stability
+    from ._vrnn_cluster import vrnn_cluster
+    from ._vrnn_export import vrnn_export
+    from ._vrnn_stability import vrnn_stability
 
 __getattr__, __dir__, __all__ = attach(
     __name__,
@@ -19,7 +22,10 @@ __getattr__, __dir__, __all__ = attach(
         "_label_transfer": ["transfer_labels"],
         "_macs3": ["macs3_peaks"],
         "_mapping": ["map_query", "train_reference"],
+        "_pairs": ["TrainingPair", "training_pair"],
         "_peaks": ["PeakStream", "call_peaks"],
-        "_vrnn": ["vrnn_cluster", "vrnn_export", "vrnn_stability"],
+        "_vrnn_cluster": ["vrnn_cluster"],
+        "_vrnn_export": ["vrnn_export"],
+        "_vrnn_stability": ["vrnn_stability"],
     },
 )

@@ -21,15 +21,16 @@ from chromtools._utils import PathLike
 from chromtools.io import (
     BigWigReader,
     BigWigWriter,
+    bigwig_mean,
     check_chrom_sizes,
     read_chrom_sizes,
     read_peaks,
+    read_window,
     write_narrowpeak,
 )
-from chromtools.models import TrackDenoiser
-from chromtools.models._track_data import bigwig_mean, input_transform, read_window, tile
-from chromtools.models._track_peaks import PeakStream, drop_blacklisted, score_peaks
+from chromtools.models import PeakStream, TrackDenoiser, drop_blacklisted, input_transform, score_peaks
 from chromtools.tl._peaks import name_peaks
+from chromtools.tl._windows import tile
 
 if TYPE_CHECKING:
     from distributed import Client

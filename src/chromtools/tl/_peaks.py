@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from chromtools.models._track_peaks import PEAK_COLUMNS, PeakStream
+from chromtools.io import NARROWPEAK_COLUMNS as PEAK_COLUMNS
+from chromtools.models import PeakStream
 
 __all__ = ["PeakStream", "call_peaks", "name_peaks"]
 

@@ -1,4 +1,7 @@
-"""Low-/high-coverage training pairs from single-cell fragments (the AtacWorks dsc-ATAC design)."""
+"""Low-/high-coverage training pairs from single-cell fragments (the AtacWorks dsc-ATAC design).
+
+A tool, not preprocessing: its clean peaks come from :func:`chromtools.tl.macs3_peaks`.
+"""
 
 from __future__ import annotations
 
@@ -126,7 +129,7 @@ def training_pair(
         data, groupby, out, prefix="noisy.", n_cells=n_cells, random_state=random_state, **common
     )
     if peaks is None:
-        from chromtools.tl import macs3_peaks
+        from chromtools.tl._macs3 import macs3_peaks
 
         peaks = out / f"clean_peaks.{group}.narrowPeak"
         called = macs3_peaks(clean.loc[group, "path"], peaks, cutoff=macs3_cutoff)

@@ -15,13 +15,13 @@ def pbmc(shared_data):
 
 def test_training_pair_from_fragments(pbmc, tmp_path):
     pytest.importorskip("MACS3")
-    pair = ct.pp.training_pair(pbmc, "group", "big", tmp_path, n_cells=50, chroms=["chr1"], progress=False)
+    pair = ct.tl.training_pair(pbmc, "group", "big", tmp_path, n_cells=50, chroms=["chr1"], progress=False)
     assert pair.n_cells_noisy == 50 and pair.n_cells_clean == 700
     noisy, clean = ct.io.read_bigwig(pair.noisy, "chr1"), ct.io.read_bigwig(pair.clean, "chr1")
     assert 5 < clean.sum() / noisy.sum() < 30  # roughly 700 / 50 cells
     assert len(ct.io.read_peaks(pair.peaks)) > 5
     with pytest.raises(ValueError, match="has 300 cells; the noisy track needs fewer"):
-        ct.pp.training_pair(pbmc, "group", "small", tmp_path / "s", n_cells=300, peaks=pair.peaks, progress=False)
+        ct.tl.training_pair(pbmc, "group", "small", tmp_path / "s", n_cells=300, peaks=pair.peaks, progress=False)
 
 
 def test_denoise_groups_records_in_uns(pbmc, tiny_model, tmp_path):
@@ -45,7 +45,7 @@ def test_denoise_groups_records_in_uns(pbmc, tiny_model, tmp_path):
 
 def _chain(adata, out, *, chroms=None, peaks=None, **setup_kw):
     """fragments -> training_pair -> setup_tracks -> train -> denoise_groups, one call each."""
-    pair = ct.pp.training_pair(
+    pair = ct.tl.training_pair(
         adata, "group", "A", out / "pair", n_cells=40, peaks=peaks, chroms=chroms, progress=False
     )
     setup = ct.models.TrackDenoiser.setup_tracks(pair.noisy, pair.clean, pair.peaks, window=8_192, **setup_kw)
