@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 
@@ -184,7 +185,7 @@ class BigWigWriter:
         self.path = Path(path)
         self.chrom_sizes = read_chrom_sizes(chrom_sizes)
         self._order = {c: i for i, c in enumerate(self.chrom_sizes)}
-        self._ctx = atomic_output(self.path)
+        self._ctx: AbstractContextManager[Path] | None = atomic_output(self.path)
         self._tmp = self._ctx.__enter__()
         self._bw = pyBigWig.open(str(self._tmp), "w")
         if self._bw is None:
@@ -269,7 +270,8 @@ class BigWigWriter:
             return self.path
         self._bw.close()
         self._bw = None
-        self._ctx.__exit__(None, None, None)
+        if self._ctx is not None:
+            self._ctx.__exit__(None, None, None)
         return self.path
 
     def _abort(self) -> None:
@@ -279,9 +281,10 @@ class BigWigWriter:
             except RuntimeError:  # pragma: no cover - pyBigWig error while closing a broken file
                 pass
             self._bw = None
-        if getattr(self, "_ctx", None) is not None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None:
             try:
-                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+                ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
             except RuntimeError:
                 pass
             self._ctx = None

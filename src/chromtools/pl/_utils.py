@@ -25,7 +25,7 @@ _FILE_BACKENDS = {"agg", "cairo", "pdf", "pgf", "ps", "svg", "template"}
 def figure_of(ax: Axes) -> Figure:
     """The top-level figure of ``ax``, also when ``ax`` lies in a subfigure."""
     fig = ax.figure
-    return fig if isinstance(fig, Figure) else fig.figure  # type: ignore[return-value]
+    return fig if isinstance(fig, Figure) else fig.figure
 
 
 def savefig(fig: Figure, path: PathLike) -> None:
