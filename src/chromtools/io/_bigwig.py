@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
 
@@ -185,7 +184,7 @@ class BigWigWriter:
         self.path = Path(path)
         self.chrom_sizes = read_chrom_sizes(chrom_sizes)
         self._order = {c: i for i, c in enumerate(self.chrom_sizes)}
-        self._ctx: AbstractContextManager[Path] | None = atomic_output(self.path)
+        self._ctx = atomic_output(self.path)
         self._tmp = self._ctx.__enter__()
         self._bw = pyBigWig.open(str(self._tmp), "w")
         if self._bw is None:
@@ -270,8 +269,7 @@ class BigWigWriter:
             return self.path
         self._bw.close()
         self._bw = None
-        if self._ctx is not None:
-            self._ctx.__exit__(None, None, None)
+        self._ctx.__exit__(None, None, None)
         return self.path
 
     def _abort(self) -> None:
@@ -281,13 +279,12 @@ class BigWigWriter:
             except RuntimeError:  # pragma: no cover - pyBigWig error while closing a broken file
                 pass
             self._bw = None
-        ctx = getattr(self, "_ctx", None)
-        if ctx is not None:
+        if getattr(self, "_ctx", None) is not None:
             try:
-                ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
             except RuntimeError:
                 pass
-            self._ctx = None
+            del self._ctx  # every later use goes through getattr() or an open _bw
 
     def __enter__(self) -> BigWigWriter:
         return self
