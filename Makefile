@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   -> virtual environment, install, then every capability end to end on simulated data
 #   make test   -> virtual environment, install, then the test suite (real data from ../shared/data when present)
+# Also: make lint (ruff, mypy, pre-commit), make docs (Sphinx, warnings are errors), make bench (benchmarks).
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -39,9 +40,17 @@ bench:
 	$(PY) benchmarks/vrnn.py
 	$(PY) benchmarks/mapping.py --quick
 
+# ruff (lint and format check), mypy (configured in pyproject.toml), then every pre-commit hook on all files.
+# Every step runs, and the target fails if any of them did.
+LINT_PATHS := src tests benchmarks docs/conf.py
 lint:
 	$(MAKE) install EXTRAS=dev
-	$(VENV)/bin/ruff check src tests benchmarks && $(VENV)/bin/ruff format --check src tests benchmarks
+	@status=0; \
+	$(VENV)/bin/ruff check $(LINT_PATHS) || status=1; \
+	$(VENV)/bin/ruff format --check $(LINT_PATHS) || status=1; \
+	$(VENV)/bin/mypy || status=1; \
+	$(VENV)/bin/pre-commit run --all-files --show-diff-on-failure || status=1; \
+	exit $$status
 
 clean:
-	rm -rf docs/_build docs/generated $(DEMO_OUT) .pytest_cache
+	rm -rf docs/_build docs/generated $(DEMO_OUT) .pytest_cache .mypy_cache

@@ -39,6 +39,16 @@ doc_mod = """\
 mod
     Modality of a MuData to use (muon's convention: ``'atac'`` by default). Ignored for AnnData."""
 
+doc_show = """\
+show
+    Show the figure and return ``None``. Default: show it when matplotlib is in interactive mode
+    (as in Jupyter), otherwise return it."""
+
+doc_save = """\
+save
+    Also write the figure to this path (format from its suffix, e.g. ``.png`` or ``.pdf``; the
+    folder must exist). Unlike scanpy's ``save=``, this is the whole path, not a suffix."""
+
 _FRAGMENTS = {
     "random_state": doc_random_state,
     "copy": doc_copy,
@@ -48,6 +58,8 @@ _FRAGMENTS = {
     "progress": doc_progress,
     "data": doc_data,
     "mod": doc_mod,
+    "show": doc_show,
+    "save": doc_save,
 }
 
 
@@ -56,14 +68,17 @@ def _indent(text: str, indent: str) -> str:
     return "\n".join([lines[0], *[indent + line if line else line for line in lines[1:]]])
 
 
+# Ours, not scanpy's `_doc_params` (private API) or docrep (no direct dependency): it fills only known names, indented.
 def doc_params(func: F) -> F:
     """Replace ``{name}`` placeholders of known fragments in ``func.__doc__``.
 
-    Only the names defined in this module are substituted, so other braces in a docstring are
-    left alone. Each fragment is indented like the placeholder it replaces.
+    Only the names defined in this module are substituted, so other single braces in a docstring
+    are left alone. Each fragment is indented like the placeholder it replaces. Doubled braces
+    (``{{out_prefix}}``, written as in :meth:`str.format`) become single ones.
     """
     doc = func.__doc__
     if doc:
+        doc = doc.replace("{{", "\x00").replace("}}", "\x01")  # escaped braces are never placeholders
         for name, fragment in _FRAGMENTS.items():
             token = "{" + name + "}"
             while token in doc:
@@ -71,5 +86,5 @@ def doc_params(func: F) -> F:
                 line_start = doc.rfind("\n", 0, at) + 1
                 indent = doc[line_start:at]
                 doc = doc[:at] + _indent(fragment, indent) + doc[at + len(token) :]
-        func.__doc__ = doc
+        func.__doc__ = doc.replace("\x00", "{").replace("\x01", "}")
     return func

@@ -6,29 +6,10 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import pytest
-from anndata import AnnData
+from matplotlib.colors import to_rgb
 
 import chromtools as ct
-
-
-@pytest.fixture(scope="module")
-def mapped():
-    rng = np.random.default_rng(0)
-    centres = np.array([[0, 0, 0], [5, 0, 0], [0, 5, 0]], float)
-    labels = rng.integers(0, 3, size=150)
-    ref = AnnData(X=np.zeros((150, 1)), obs=pd.DataFrame(index=[f"r{i}" for i in range(150)]))
-    ref.obs["cell_type"] = pd.Categorical(np.array(["A", "B", "C"])[labels])
-    ref.obs["batch"] = "ref"
-    ref.obsm["X_reference"] = centres[labels] + rng.normal(0, 0.5, size=(150, 3))
-    qlab = rng.integers(0, 3, size=60)
-    query = AnnData(X=np.zeros((60, 1)), obs=pd.DataFrame(index=[f"q{i}" for i in range(60)]))
-    query.obs["cell_type"] = pd.Categorical(np.array(["A", "B", "C"])[qlab])
-    query.obs["batch"] = "query"
-    query.obsm["X_reference"] = centres[qlab] + rng.normal(0, 0.5, size=(60, 3))
-    ct.tl.transfer_labels(query, ref, "cell_type")
-    return ref, query
 
 
 def test_mapping_umap_panels(mapped):
@@ -36,17 +17,55 @@ def test_mapping_umap_panels(mapped):
     fig = ct.pl.mapping_umap(query, ref, show=False)
     titles = [a.get_title() for a in fig.axes if a.get_title()]
     assert titles == ["dataset", "batch", "cell_type", "cell_type_pred", "cell_type_pred_uncertainty"]
+    assert "X_umap" not in ref.obsm and "X_umap" not in query.obsm  # computed, not stored
     plt.close(fig)
     fig, axes = plt.subplots(1, 2)
     query.obsm["X_2d"] = query.obsm["X_reference"][:, :2]
     ref.obsm["X_2d"] = ref.obsm["X_reference"][:, :2]
-    out = ct.pl.mapping_umap(query, ref, color=["dataset", "cell_type_pred_uncertainty"], basis="X_2d", ax=axes)
+    out = ct.pl.mapping_umap(
+        query, ref, color=["dataset", "cell_type_pred_uncertainty"], basis="X_2d", ax=axes, show=False
+    )
     assert out is fig
-    # reference cells have no uncertainty: drawn grey below the coloured query cells
-    offsets = axes[1].collections[0].get_offsets()
-    assert len(offsets) == ref.n_obs
-    np.testing.assert_allclose(np.asarray(offsets), ref.obsm["X_2d"])
+    # one point per cell, reference first so that the query is drawn on top
+    points = axes[1].collections[0]
+    np.testing.assert_allclose(np.asarray(points.get_offsets()), np.vstack([ref.obsm["X_2d"], query.obsm["X_2d"]]))
+    # reference cells have no uncertainty: drawn grey; query cells take colours of the colour map
+    fig.canvas.draw()
+    rgba = points.get_facecolors()
+    np.testing.assert_allclose(rgba[: ref.n_obs, :3], np.broadcast_to(to_rgb("#d9d9d9"), (ref.n_obs, 3)))
+    assert not np.allclose(rgba[ref.n_obs :, :3], to_rgb("#d9d9d9"))
+    # categorical panels: reference cells translucent
+    alpha = axes[0].collections[0].get_alpha()
+    np.testing.assert_allclose(alpha, np.r_[np.full(ref.n_obs, 0.35), np.ones(query.n_obs)])
     plt.close(fig)
+
+
+def test_mapping_umap_basis_computed_once_and_stored(mapped):
+    ref, query = mapped
+    for obj in (ref, query):
+        obj.obsm.pop("X_joint", None)
+    fig = ct.pl.mapping_umap(query, ref, color=["dataset"], basis="X_joint", show=False)
+    plt.close(fig)
+    assert ref.obsm["X_joint"].shape == (ref.n_obs, 2) and query.obsm["X_joint"].shape == (query.n_obs, 2)
+    # the same seed gives the same embedding
+    joint = np.vstack([ref.obsm["X_joint"], query.obsm["X_joint"]])
+    for obj in (ref, query):
+        obj.obsm["X_again"] = obj.obsm.pop("X_joint")
+    plt.close(ct.pl.mapping_umap(query, ref, color=["dataset"], basis="X_joint", show=False))
+    np.testing.assert_allclose(np.vstack([ref.obsm["X_joint"], query.obsm["X_joint"]]), joint)
+    # a stored embedding is drawn as is, never recomputed nor overwritten
+    ref.obsm["X_joint"] = ref.obsm["X_joint"] + 100.0
+    kept = ref.obsm["X_joint"].copy()
+    fig = ct.pl.mapping_umap(query, ref, color=["dataset"], basis="X_joint", show=False)
+    drawn = np.asarray(fig.axes[0].collections[0].get_offsets())
+    np.testing.assert_allclose(drawn[: ref.n_obs], kept)
+    np.testing.assert_array_equal(ref.obsm["X_joint"], kept)
+    plt.close(fig)
+    # coordinates of only one side cannot be joint
+    del query.obsm["X_joint"]
+    with pytest.raises(KeyError, match="Only the reference has obsm\\['X_joint'\\]"):
+        ct.pl.mapping_umap(query, ref, color=["dataset"], basis="X_joint", show=False)
+    np.testing.assert_array_equal(ref.obsm["X_joint"], kept)
 
 
 def test_mapping_umap_errors(mapped):

@@ -51,8 +51,10 @@ def test_umap_labels_only_named_genes(clustered):
     ax = fig.axes[0]
     texts = [t.get_text() for t in ax.texts]
     assert sorted(texts) == sorted(named)
-    n_points = sum(len(c.get_offsets()) for c in ax.collections[:4])
-    assert n_points == int(clustered.var["vrnn_selected"].sum())
+    assert len(ax.collections[0].get_offsets()) == int(clustered.var["vrnn_selected"].sum())  # one point per gene
+    rings = ax.collections[-len(named) :]  # and a ring around each named gene, drawn last
+    assert [len(r.get_offsets()) for r in rings] == [1] * len(named)
+    assert "vrnn_umap" not in clustered.varm  # computed, not stored
     plt.close(fig)
     fig = ct.pl.vrnn_umap(clustered, show=False)
     assert not fig.axes[0].texts
@@ -118,4 +120,24 @@ def test_genes_plot_marks_missing_points():
     n_missing = int((a.varm["vrnn_observed"][a.var_names.get_loc(gene)] == 0).sum())
     assert len(hollow) == 1 and len(hollow[0].get_xdata()) == n_missing == 6
     assert any(line.get_label() == "kmeans profile" for line in ax.lines)
+    plt.close(fig)
+
+
+def test_umap_basis_stored_once_and_reused(kmeans_modules):
+    adata = kmeans_modules
+    selected = adata.var["vrnn_selected"].to_numpy()
+    fig = ct.pl.vrnn_umap(adata, basis="vrnn_umap", show=False)
+    plt.close(fig)
+    coords = adata.varm["vrnn_umap"]
+    assert coords.shape == (adata.n_vars, 2)
+    assert np.isfinite(coords[selected]).all() and np.isnan(coords[~selected]).all()
+    # drawn as stored, not recomputed nor overwritten
+    adata.varm["vrnn_umap"] = coords * 2
+    fig = ct.pl.vrnn_umap(adata, basis="vrnn_umap", show=False)
+    np.testing.assert_allclose(np.asarray(fig.axes[0].collections[0].get_offsets()), coords[selected] * 2)
+    np.testing.assert_array_equal(adata.varm["vrnn_umap"], coords * 2)
+    plt.close(fig)
+    # the same seed gives the same layout
+    fig = ct.pl.vrnn_umap(adata, basis="again", show=False)
+    np.testing.assert_allclose(adata.varm["again"], coords)
     plt.close(fig)

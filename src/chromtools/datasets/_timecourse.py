@@ -160,8 +160,8 @@ def simulate_timecourse(
     if times.size < 2:
         msg = "A time course needs at least two time points."
         raise ValueError(msg)
-    if np.ndim(cells_per_time) and len(cells_per_time) != times.size:
-        msg = f"cells_per_time has {len(cells_per_time)} values for {times.size} time points; give one per time point."
+    if np.ndim(cells_per_time) and np.shape(cells_per_time)[0] != times.size:
+        msg = f"cells_per_time has {np.shape(cells_per_time)[0]} values for {times.size} time points; give one per time point."
         raise ValueError(msg)
     per_time = np.broadcast_to(np.asarray(cells_per_time, dtype=np.int64), times.shape)
     if np.any(per_time < 1):

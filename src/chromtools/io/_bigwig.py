@@ -337,7 +337,7 @@ class BigWigWriter:
                 self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
             except RuntimeError:
                 pass
-            self._ctx = None
+            del self._ctx  # every later use goes through getattr() or an open _bw
 
     def __enter__(self) -> BigWigWriter:
         return self

@@ -206,10 +206,10 @@ def pseudobulk_coverage(
     buf_group: list[np.ndarray] = []
 
     with (
-        tempfile.TemporaryDirectory(prefix="ct_cov_") as spill,
+        tempfile.TemporaryDirectory(prefix="ct_cov_") as spill_dir,
         log_time(f"Cut-site coverage of {len(names)} groups from '{frag_path.name}'", logger),
     ):
-        spill = Path(spill)
+        spill = Path(spill_dir)
 
         def flush() -> None:
             if current is None:

@@ -57,6 +57,8 @@ def fragments_path(data: AnnData | MuData, *, mod: str | None = None) -> Path:
 
 def parse_region(region: Region) -> tuple[str, int | None, int | None]:
     """Parse ``'chr1:100-200'``, ``'chr1'`` or ``('chr1', 100, 200)`` into (chrom, start, end)."""
+    start: int | None
+    end: int | None
     if isinstance(region, tuple):
         chrom, start, end = region
         start, end = int(start), int(end)
@@ -68,7 +70,7 @@ def parse_region(region: Region) -> tuple[str, int | None, int | None]:
         chrom = m["chrom"]
         start = int(m["start"].replace(",", "")) if m["start"] else None
         end = int(m["end"].replace(",", "")) if m["end"] else None
-    if start is not None and (start < 0 or end <= start):
+    if start is not None and end is not None and (start < 0 or end <= start):
         msg = f"Region {region!r} is empty, inverted or negative; use 0 <= start < end."
         raise ValueError(msg)
     return chrom, start, end

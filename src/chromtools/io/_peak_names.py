@@ -41,11 +41,11 @@ def parse_peak_names(names: Iterable[str], *, one_based: bool = False) -> pd.Dat
     A DataFrame indexed by name with columns ``chrom`` (categorical), ``start`` and ``end``
     (int64, 0-based half-open).
     """
-    names = pd.Index([str(n) for n in names])
-    parts = names.str.extract(_PEAK)
+    index = pd.Index([str(n) for n in names])
+    parts = index.str.extract(_PEAK)
     bad = parts["chrom"].isna().to_numpy()
     if bad.any():
-        examples = list(names[bad][:3])
+        examples = list(index[bad][:3])
         msg = (
             f"{int(bad.sum())} peak names are not of the form 'chr1:100-200', 'chr1-100-200' or 'chr1_100_200', "
             f"e.g. {examples}; rename them or set var['chrom'/'start'/'end'] yourself."
@@ -55,11 +55,11 @@ def parse_peak_names(names: Iterable[str], *, one_based: bool = False) -> pd.Dat
     end = parts["end"].astype(np.int64).to_numpy()
     inverted = end <= start
     if inverted.any():
-        msg = f"Peak {names[inverted][0]!r} has end <= start; peak names must have start < end."
+        msg = f"Peak {index[inverted][0]!r} has end <= start; peak names must have start < end."
         raise ValueError(msg)
     return pd.DataFrame(
         {"chrom": pd.Categorical(parts["chrom"].to_numpy()), "start": start, "end": end},
-        index=names,
+        index=index,
     )
 
 

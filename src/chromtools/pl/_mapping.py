@@ -8,15 +8,22 @@ from typing import TYPE_CHECKING, Literal
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
+from matplotlib.colors import to_hex
 
-from chromtools._utils import get_modality
+from chromtools._docs import doc_params
+from chromtools._utils import PathLike, get_modality
+
+from ._utils import draw_embedding, embedding_frame, figure_of, show_or_return, umap_coords
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
     from mudata import MuData
 
-_PALETTE = list(plt.get_cmap("tab20").colors) + list(plt.get_cmap("tab20b").colors)
+_PALETTE = [to_hex(c) for c in (*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors)]  # type: ignore[attr-defined]
+_UNKNOWN = "#262626"  # the 'Unknown' label of transfer_labels, dark so that it stands out
+_NA = "#d9d9d9"  # cells with no value for a key (reference cells have no uncertainty)
 _DATASET = "dataset"
 
 
@@ -28,29 +35,58 @@ def _frame(data, mod: str | None, use_rep: str):
     return get_modality(data, mod)
 
 
-def _umap(coords: np.ndarray, random_state: int) -> np.ndarray:
-    import torch
-    import umap
+def _joint_coords(ref, qry, *, use_rep: str, basis: str | None, random_state: int) -> np.ndarray:
+    """2-D coordinates of reference then query cells: ``obsm[basis]`` where both have it, else a joint UMAP."""
+    if basis is not None:
+        present = [basis in ref.obsm, basis in qry.obsm]
+        if all(present):
+            return np.vstack([np.asarray(ref.obsm[basis])[:, :2], np.asarray(qry.obsm[basis])[:, :2]])
+        if any(present):
+            where = "reference" if present[0] else "query"
+            msg = (
+                f"Only the {where} has obsm['{basis}'], but both need coordinates from one joint embedding; "
+                f"pass another basis= (or delete that key) to compute a joint UMAP of both."
+            )
+            raise KeyError(msg)
+    for name, obj in (("reference", ref), ("query", qry)):
+        if use_rep not in obj.obsm:
+            msg = f"The {name} has no obsm['{use_rep}']; map it first or pass use_rep=/basis= with an existing key."
+            raise KeyError(msg)
+    rep = np.vstack([np.asarray(ref.obsm[use_rep]), np.asarray(qry.obsm[use_rep])])
+    obs = pd.DataFrame(index=pd.RangeIndex(rep.shape[0]).astype(str))
+    xy = umap_coords(obs, rep, n_neighbors=15, min_dist=0.3, random_state=random_state)
+    if basis is not None:
+        ref.obsm[basis] = xy[: ref.n_obs]
+        qry.obsm[basis] = xy[ref.n_obs :]
+    return xy
 
-    n_neighbors = int(min(15, max(2, coords.shape[0] - 1)))
-    # numba's OpenMP layer resets the OpenMP thread count that torch shares, which slows every
-    # later torch computation in the session: restore it.
-    threads = torch.get_num_threads()
-    try:
-        return umap.UMAP(n_neighbors=n_neighbors, min_dist=0.3, random_state=random_state, n_jobs=1).fit_transform(
-            coords
-        )
-    finally:
-        torch.set_num_threads(threads)
+
+def _default_colors(ref, qry) -> list[str]:
+    batch = [c for c in ("batch",) if c in ref.obs or c in qry.obs]
+    preds = [c for c in qry.obs.columns if f"{c}_uncertainty" in qry.obs]
+    labels = [str(qry.uns[c]["params"]["labels_key"]) for c in preds if isinstance(qry.uns.get(c), dict)]
+    color = [_DATASET, *batch]
+    for lab, pred in zip(labels, preds, strict=False):
+        color += [c for c in (lab,) if c in ref.obs] + [pred, f"{pred}_uncertainty"]
+    return list(dict.fromkeys(color))
 
 
-def _show(fig: Figure, show: bool | None) -> None:
-    if show is None:
-        show = plt.isinteractive()
-    if show:
-        plt.show()
+def _joint_values(ref, qry, key: str) -> pd.Series:
+    """Values of ``key`` for reference then query cells: float when every value is a number, else categorical."""
+    n_ref = ref.n_obs
+    if key == _DATASET:
+        return pd.Series(["reference"] * n_ref + ["query"] * qry.n_obs, dtype="category")
+    r = ref.obs[key] if key in ref.obs else pd.Series([np.nan] * n_ref, index=ref.obs_names)
+    q = qry.obs[key] if key in qry.obs else pd.Series([np.nan] * qry.n_obs, index=qry.obs_names)
+    values = pd.concat([r.reset_index(drop=True).astype(object), q.reset_index(drop=True).astype(object)])
+    values = values.reset_index(drop=True)
+    numeric = pd.to_numeric(values, errors="coerce")
+    if numeric.notna().sum() == values.notna().sum() and values.notna().any():
+        return numeric.astype(float)
+    return values.astype("category")
 
 
+@doc_params
 def mapping_umap(
     query: AnnData | MuData,
     reference: AnnData | MuData,
@@ -65,10 +101,15 @@ def mapping_umap(
     mod: str | None = None,
     ncols: int = 4,
     figsize: tuple[float, float] | None = None,
-    ax: Sequence[plt.Axes] | None = None,
+    ax: Sequence[Axes] | None = None,
     show: bool | None = None,
-) -> Figure:
+    save: PathLike | None = None,
+) -> Figure | None:
     """Joint UMAP of reference and query cells in the shared latent space, one panel per colour key.
+
+    The joint UMAP is computed by :func:`scanpy.pp.neighbors` (15 neighbours) and
+    :func:`scanpy.tl.umap` (``min_dist=0.3``) on ``obsm[use_rep]`` of both objects together;
+    each panel is drawn by :func:`scanpy.pl.embedding`.
 
     Parameters
     ----------
@@ -76,22 +117,24 @@ def mapping_umap(
         Query and reference cells with ``obsm[use_rep]`` (written by
         :func:`chromtools.tl.map_query` and :func:`chromtools.tl.train_reference`).
     use_rep
-        ``obsm`` key of the shared space (the UMAP is computed on the concatenation).
+        ``obsm`` key of the shared space.
     color
         Keys to colour by: ``'dataset'`` (reference or query), or ``obs`` columns of either
         object — categorical (batch, labels, predictions) or numeric (uncertainty; reference
         cells, which have none, are drawn grey). Default: ``'dataset'``, the batch column, and
         every prediction and uncertainty column written by :func:`chromtools.tl.transfer_labels`.
     basis
-        ``obsm`` key of precomputed 2-D coordinates present in both objects (skips the UMAP).
+        ``obsm`` key of 2-D coordinates of the joint embedding. When both objects have it, it is
+        drawn as is and nothing is computed; when neither has it, the joint UMAP is computed and
+        written to ``query.obsm[basis]`` and ``reference.obsm[basis]``; a key that only one of them
+        has is an error (it cannot be joint). Default: the joint UMAP is computed and not stored.
     reference_alpha
-        Opacity of reference cells, so the query stays visible on top.
+        Opacity of reference cells in categorical panels, so the query stays visible on top.
     point_size
         Marker size (default from the number of cells).
     max_categories
         Categorical keys with more categories show no legend.
-    random_state
-        Seed of the UMAP.
+    {random_state}
     mod
         Modality of MuData inputs (default ``'atac'``) when ``use_rep`` is not at the MuData level.
     ncols
@@ -100,112 +143,67 @@ def mapping_umap(
         Figure size (default from the number of panels).
     ax
         Axes to draw into, one per colour key.
-    show
-        Show the figure (default: in interactive mode).
+    {show}
+    {save}
 
     Returns
     -------
-    The figure.
+    The :class:`~matplotlib.figure.Figure` when not shown, else ``None``. Writes
+    ``query.obsm[basis]`` and ``reference.obsm[basis]`` only when ``basis`` is given and neither has it.
     """
     ref, qry = _frame(reference, mod, use_rep), _frame(query, mod, use_rep)
-    for name, obj in (("reference", ref), ("query", qry)):
-        key = basis or use_rep
-        if key not in obj.obsm:
-            msg = f"The {name} has no obsm['{key}']; map it first or pass use_rep=/basis= with an existing key."
-            raise KeyError(msg)
-    if basis is not None:
-        xy = np.vstack([np.asarray(ref.obsm[basis])[:, :2], np.asarray(qry.obsm[basis])[:, :2]])
-    else:
-        coords = np.vstack([np.asarray(ref.obsm[use_rep]), np.asarray(qry.obsm[use_rep])]).astype(np.float32)
-        xy = _umap(coords, random_state)
-    n_ref = ref.n_obs
-    if color is None:
-        batch = [c for c in ("batch",) if c in ref.obs or c in qry.obs]
-        preds = [c for c in qry.obs.columns if f"{c}_uncertainty" in qry.obs]
-        labels = [str(qry.uns[c]["params"]["labels_key"]) for c in preds if isinstance(qry.uns.get(c), dict)]
-        color = [_DATASET, *batch]
-        for lab, pred in zip(labels, preds, strict=False):
-            color += [c for c in (lab,) if c in ref.obs] + [pred, f"{pred}_uncertainty"]
-        color = list(dict.fromkeys(color))
-    color = list(color)
+    color = _default_colors(ref, qry) if color is None else list(color)
     for key in color:
         if key != _DATASET and key not in ref.obs and key not in qry.obs:
             msg = f"Colour key '{key}' is neither 'dataset' nor an obs column of the reference or the query."
             raise KeyError(msg)
     n = len(color)
+    if ax is not None and len(ax) < n:
+        msg = f"ax has {len(ax)} axes but {n} colour keys were given."
+        raise ValueError(msg)
+    xy = _joint_coords(ref, qry, use_rep=use_rep, basis=basis, random_state=random_state)
     if ax is None:
         cols = min(ncols, n)
         rows = int(np.ceil(n / cols))
-        fig, axes = plt.subplots(rows, cols, figsize=figsize or (4.6 * cols, 4.0 * rows), squeeze=False)
-        axes = list(axes.ravel())
+        fig, grid = plt.subplots(rows, cols, figsize=figsize or (4.6 * cols, 4.0 * rows), squeeze=False)
+        axes = list(grid.ravel())
         for extra in axes[n:]:
             extra.set_axis_off()
     else:
         axes = list(ax)
-        if len(axes) < n:
-            msg = f"ax has {len(axes)} axes but {n} colour keys were given."
-            raise ValueError(msg)
-        fig = axes[0].figure
+        fig = figure_of(axes[0])
+    obs = pd.DataFrame({key: _joint_values(ref, qry, key) for key in color})
+    obs.index = obs.index.astype(str)
+    frame = embedding_frame(obs, xy, "X_umap")
     size = point_size or float(np.clip(12_000 / max(xy.shape[0], 1), 0.5, 20))
-    alpha = np.r_[np.full(n_ref, reference_alpha), np.ones(xy.shape[0] - n_ref)]
-    order = np.arange(xy.shape[0])  # reference first, query drawn on top
+    alpha = np.r_[np.full(ref.n_obs, reference_alpha), np.ones(qry.n_obs)]
     for key, a in zip(color, axes, strict=False):
-        if key == _DATASET:
-            values = pd.Series(["reference"] * n_ref + ["query"] * (xy.shape[0] - n_ref), dtype="category")
-        else:
-            r = ref.obs[key] if key in ref.obs else pd.Series([np.nan] * n_ref, index=ref.obs_names)
-            q = qry.obs[key] if key in qry.obs else pd.Series([np.nan] * qry.n_obs, index=qry.obs_names)
-            values = pd.concat([r.reset_index(drop=True).astype(object), q.reset_index(drop=True).astype(object)])
-            values = values.reset_index(drop=True)
-            numeric = pd.to_numeric(values, errors="coerce")
-            if numeric.notna().sum() == values.notna().sum() and values.notna().any():
-                _scatter_numeric(a, xy, numeric.to_numpy(float), order, size, key)
-                continue
-            values = values.astype("category")
-        _scatter_categorical(a, xy, values, order, size, alpha, key, max_categories)
+        values = frame.obs[key]
+        categorical = isinstance(values.dtype, pd.CategoricalDtype)
+        n_categories = len(values.cat.categories) if categorical else 0
+        if categorical:
+            frame.uns[f"{key}_colors"] = [
+                _UNKNOWN if str(c) == "Unknown" else _PALETTE[i % len(_PALETTE)]
+                for i, c in enumerate(values.cat.categories)
+            ]
+        # sort_order=False keeps the reference cells first, so that the query is drawn on top of them
+        draw_embedding(
+            frame,
+            a,
+            color=key,
+            size=size,
+            sort_order=False,
+            alpha=alpha if categorical else None,
+            na_color=_NA,
+            cmap="viridis",
+            legend_loc="right margin" if n_categories <= max_categories else None,
+            legend_fontsize=7,
+        )
     fig.tight_layout()
-    _show(fig, show)
-    return fig
+    return show_or_return(fig, show=show, save=save)
 
 
-def _scatter_numeric(a, xy, values, order, size, key) -> None:
-    missing = np.isnan(values)
-    a.scatter(xy[missing, 0], xy[missing, 1], s=size, c="#d9d9d9", linewidths=0, rasterized=True)
-    idx = order[~missing[order]]
-    sc = a.scatter(xy[idx, 0], xy[idx, 1], s=size, c=values[idx], cmap="viridis", linewidths=0, rasterized=True)
-    a.figure.colorbar(sc, ax=a, fraction=0.046, pad=0.02)
-    _style(a, key)
-
-
-def _scatter_categorical(a, xy, values: pd.Series, order, size, alpha, key, max_categories) -> None:
-    cats = list(values.cat.categories)
-    colors = {c: _PALETTE[i % len(_PALETTE)] for i, c in enumerate(cats)}
-    if "Unknown" in colors:
-        colors["Unknown"] = (0.15, 0.15, 0.15)
-    codes = values.cat.codes.to_numpy()
-    rgba = np.zeros((len(values), 4))
-    rgba[:] = (0.85, 0.85, 0.85, 1.0)
-    for i, c in enumerate(cats):
-        rgba[codes == i, :3] = colors[c][:3]
-    rgba[:, 3] = alpha
-    a.scatter(xy[order, 0], xy[order, 1], s=size, c=rgba[order], linewidths=0, rasterized=True)
-    if len(cats) <= max_categories:
-        for c in cats:
-            a.scatter([], [], s=25, color=colors[c], label=str(c))
-        a.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=7, markerscale=1)
-    _style(a, key)
-
-
-def _style(a, title: str) -> None:
-    a.set_title(title, fontsize=10)
-    a.set_xticks([])
-    a.set_yticks([])
-    a.set_xlabel("UMAP 1", fontsize=8)
-    a.set_ylabel("UMAP 2", fontsize=8)
-    for side in ("top", "right"):
-        a.spines[side].set_visible(False)
-
-
+@doc_params
 def confusion_matrix(
     data: AnnData | MuData,
     true_key: str,
@@ -216,9 +214,10 @@ def confusion_matrix(
     mod: str | None = None,
     cmap: str = "Blues",
     figsize: tuple[float, float] | None = None,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     show: bool | None = None,
-) -> Figure:
+    save: PathLike | None = None,
+) -> Figure | None:
     """Confusion matrix of true (rows) against predicted (columns) labels.
 
     Parameters
@@ -240,12 +239,12 @@ def confusion_matrix(
         Figure size (default from the number of labels).
     ax
         Axes to draw into.
-    show
-        Show the figure (default: in interactive mode).
+    {show}
+    {save}
 
     Returns
     -------
-    The figure.
+    The :class:`~matplotlib.figure.Figure` when not shown, else ``None``.
     """
     from mudata import MuData
 
@@ -273,7 +272,7 @@ def confusion_matrix(
         h = max(3.5, 0.38 * len(rows) + 2.0)
         fig, ax = plt.subplots(figsize=figsize or (w, h))
     else:
-        fig = ax.figure
+        fig = figure_of(ax)
     im = ax.imshow(values, cmap=cmap, aspect="auto", vmin=0, vmax=1 if normalize != "none" else None)
     ax.set_xticks(range(len(cols)), cols, rotation=90, fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
@@ -305,8 +304,7 @@ def confusion_matrix(
         label={"true": "fraction of true", "pred": "fraction of predicted", "none": "cells"}[normalize],
     )
     fig.tight_layout()
-    _show(fig, show)
-    return fig
+    return show_or_return(fig, show=show, save=save)
 
 
 def _ordered(values: pd.Series) -> list[str]:

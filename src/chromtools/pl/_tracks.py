@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
+from chromtools._docs import doc_params
 from chromtools._utils import PathLike
 from chromtools.io import BigWigReader, parse_region, read_peaks
+
+from ._utils import figure_of, show_or_return
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _COLORS = ["#7f7f7f", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b"]
 
@@ -42,6 +49,7 @@ def _bin(values: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
     return np.arange(v.size) * width, v
 
 
+@doc_params
 def tracks(
     tracks: Mapping[str, PathLike | np.ndarray],
     region: str | tuple[str, int, int],
@@ -52,9 +60,10 @@ def tracks(
     max_points: int = 4_000,
     title: str | None = None,
     figsize: tuple[float, float] | None = None,
-    ax: Sequence[plt.Axes] | None = None,
+    ax: Sequence[Axes] | None = None,
     show: bool | None = None,
-) -> Figure:
+    save: PathLike | None = None,
+) -> Figure | None:
     """Plot coverage tracks and peak calls over a region, one row per track.
 
     Parameters
@@ -77,23 +86,23 @@ def tracks(
     figsize
         Figure size; default grows with the number of rows.
     ax
-        Axes to draw into, one per track plus one per peak set.
-    show
-        Show the figure (default: only in interactive sessions).
+        Axes to draw into, one per track plus one for all peak sets.
+    {show}
+    {save}
 
     Returns
     -------
-    The matplotlib figure.
+    The :class:`~matplotlib.figure.Figure` when not shown, else ``None``.
     """
     chrom, start, end = parse_region(region)
-    if start is None:
+    if start is None or end is None:
         msg = f"Give a region with coordinates, e.g. '{chrom}:1-100000', not a whole chromosome."
         raise ValueError(msg)
     peaks = dict(peaks or {})
     n_rows = len(tracks) + (1 if peaks else 0)
     if ax is None:
         heights = [1.0] * len(tracks) + ([0.25 * len(peaks) + 0.2] if peaks else [])
-        fig, axes = plt.subplots(
+        fig, grid = plt.subplots(
             n_rows,
             1,
             figsize=figsize or (10, 1.3 * len(tracks) + 0.4 * len(peaks) + 0.6),
@@ -101,13 +110,13 @@ def tracks(
             gridspec_kw={"height_ratios": heights},
             squeeze=False,
         )
-        axes = list(axes[:, 0])
+        axes = list(grid[:, 0])
     else:
         axes = list(ax)
         if len(axes) != n_rows:
             msg = f"ax needs {n_rows} axes (one per track, one for all peak sets), got {len(axes)}."
             raise ValueError(msg)
-        fig = axes[0].figure
+        fig = figure_of(axes[0])
     colors = list(colors) if colors is not None else _COLORS
     values = {name: _track_values(t, chrom, start, end) for name, t in tracks.items()}
     ymax = max((float(v.max()) for v in values.values() if v.size), default=1.0) or 1.0
@@ -135,8 +144,4 @@ def tracks(
     axes[-1].ticklabel_format(axis="x", style="plain", useOffset=False)
     fig.suptitle(title if title is not None else f"{chrom}:{start:,}-{end:,}")
     fig.tight_layout()
-    if show is None:
-        show = plt.isinteractive()
-    if show:
-        plt.show()
-    return fig
+    return show_or_return(fig, show=show, save=save)

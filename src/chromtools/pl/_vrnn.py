@@ -7,15 +7,21 @@ from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.figure import Figure
+import pandas as pd
+from matplotlib.colors import to_hex
 
-from chromtools._utils import get_modality
+from chromtools._docs import doc_params
+from chromtools._utils import PathLike, get_modality
+
+from ._utils import draw_embedding, embedding_frame, figure_of, show_or_return, umap_coords
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
     from mudata import MuData
 
-_PALETTE = plt.get_cmap("tab10").colors + plt.get_cmap("Dark2").colors
+_PALETTE = [to_hex(c) for c in (*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors)]  # type: ignore[attr-defined]
 
 
 def _fitted(adata: AnnData, key: str) -> dict:
@@ -31,20 +37,13 @@ def _time_label(uns: dict, time_label: str | None) -> str:
     return f"time ({uns['params'].get('time_key', 'time')})"
 
 
-def _show(fig: Figure, show: bool | None) -> None:
-    if show is None:
-        show = plt.isinteractive()
-    if show:
-        plt.show()
-
-
-def _axes_grid(n: int, ncols: int, ax, panel: tuple[float, float]) -> tuple[Figure, list[plt.Axes]]:
+def _axes_grid(n: int, ncols: int, ax, panel: tuple[float, float]) -> tuple[Figure, list[Axes]]:
     if ax is not None:
         axes = list(np.ravel(ax)) if isinstance(ax, Sequence | np.ndarray) else [ax]
         if len(axes) < n:
             msg = f"ax needs {n} axes (one per panel), got {len(axes)}."
             raise ValueError(msg)
-        return axes[0].figure, axes[:n]
+        return figure_of(axes[0]), axes[:n]
     ncols = max(1, min(ncols, n))
     nrows = int(np.ceil(n / ncols))
     fig, grid = plt.subplots(
@@ -62,6 +61,17 @@ def _axes_grid(n: int, ncols: int, ax, panel: tuple[float, float]) -> tuple[Figu
     return fig, axes[:n]
 
 
+def _label_outer(axes: list[Axes], xlabel: str) -> None:
+    """Label the x axis of the bottom row and the y axis of the first column (every panel when not in a grid)."""
+    for a in axes:
+        spec = a.get_subplotspec()
+        if spec is None or spec.is_last_row():
+            a.set_xlabel(xlabel)
+        if spec is None or spec.is_first_col():
+            a.set_ylabel("standardised activity")
+
+
+@doc_params
 def vrnn_trajectories(
     data: AnnData | MuData,
     *,
@@ -72,9 +82,10 @@ def vrnn_trajectories(
     spread: float = 1.0,
     ncols: int = 5,
     time_label: str | None = None,
-    ax: plt.Axes | Sequence[plt.Axes] | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
-) -> Figure:
+    save: PathLike | None = None,
+) -> Figure | None:
     """Mean trajectory of every module over real time, with its spread and a few member genes.
 
     Parameters
@@ -97,12 +108,12 @@ def vrnn_trajectories(
         x-axis label; default the time column's name.
     ax
         Axes to draw into, one per module.
-    show
-        Show the figure (default: only in interactive sessions).
+    {show}
+    {save}
 
     Returns
     -------
-    The matplotlib figure.
+    The :class:`~matplotlib.figure.Figure` when not shown, else ``None``.
     """
     adata = get_modality(data, mod)
     uns = _fitted(adata, key)
@@ -142,15 +153,11 @@ def vrnn_trajectories(
         a.plot(times, np.zeros(times.size), "|", color="0.4", markersize=5, transform=a.get_xaxis_transform())
         a.set_title(f"module {name} ({members.size} genes)", fontsize=9)
         a.spines[["top", "right"]].set_visible(False)
-    for a in axes:
-        if a.get_subplotspec() is None or a.get_subplotspec().is_last_row():
-            a.set_xlabel(_time_label(uns, time_label))
-        if a.get_subplotspec() is None or a.get_subplotspec().is_first_col():
-            a.set_ylabel("standardised activity")
-    _show(fig, show)
-    return fig
+    _label_outer(axes, _time_label(uns, time_label))
+    return show_or_return(fig, show=show, save=save)
 
 
+@doc_params
 def vrnn_umap(
     data: AnnData | MuData,
     *,
@@ -158,16 +165,20 @@ def vrnn_umap(
     mod: str | None = None,
     genes: Sequence[str] | None = None,
     color: str | None = None,
+    basis: str | None = None,
     n_neighbors: int = 15,
     min_dist: float = 0.1,
     random_state: int = 0,
     point_size: float = 12.0,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     show: bool | None = None,
-) -> Figure:
+    save: PathLike | None = None,
+) -> Figure | None:
     """UMAP of the genes' VRNN latents, coloured by module; only the genes in ``genes`` are labelled.
 
-    The embedding is computed on the fly from ``adata.varm['X_' + key]`` (nothing is written).
+    The embedding of the modelled genes (rows of ``adata.varm['X_' + key]`` without NaN) is
+    computed by :func:`scanpy.pp.neighbors` and :func:`scanpy.tl.umap` on a temporary AnnData
+    with one observation per gene, and drawn by :func:`scanpy.pl.embedding`.
 
     Parameters
     ----------
@@ -175,29 +186,31 @@ def vrnn_umap(
         AnnData or MuData clustered by :func:`chromtools.tl.vrnn_cluster`.
     key
         Key of the clustering.
-    mod
-        Modality of a MuData.
+    {mod}
     genes
         Genes to name on the plot (e.g. known markers); no other gene is labelled.
     color
         Column of ``var`` to colour by; default the module.
+    basis
+        ``varm`` key of 2-D gene coordinates. When present it is drawn as is and nothing is
+        computed; when missing, the UMAP is computed and written there (NaN for genes that were
+        not modelled). Default: the UMAP is computed and not stored.
     n_neighbors, min_dist
-        UMAP parameters.
+        UMAP parameters (``n_neighbors`` is capped at the number of modelled genes minus one).
     random_state
         Seed of the UMAP layout.
     point_size
         Marker size.
     ax
         Axes to draw into.
-    show
-        Show the figure (default: only in interactive sessions).
+    {show}
+    {save}
 
     Returns
     -------
-    The matplotlib figure.
+    The :class:`~matplotlib.figure.Figure` when not shown, else ``None``. Writes
+    ``adata.varm[basis]`` only when ``basis`` is given and missing.
     """
-    import umap
-
     adata = get_modality(data, mod)
     _fitted(adata, key)
     X = np.asarray(adata.varm[f"X_{key}"])
@@ -210,29 +223,36 @@ def vrnn_umap(
     if missing:
         msg = f"Genes {missing[:5]} are not in var_names."
         raise KeyError(msg)
-    emb = umap.UMAP(
-        n_neighbors=min(n_neighbors, modelled.size - 1), min_dist=min_dist, random_state=random_state, n_jobs=1
-    ).fit_transform(X[modelled])
     column = color or f"{key}_cluster"
     if column not in adata.var:
         msg = f"var has no column '{column}'."
         raise KeyError(msg)
+    if basis is not None and basis in adata.varm:
+        emb = np.asarray(adata.varm[basis], dtype=float)[modelled, :2]
+        if not np.isfinite(emb).all():
+            msg = f"varm['{basis}'] has no coordinates for some modelled genes; pass another basis= to recompute."
+            raise ValueError(msg)
+    else:
+        genes_obs = pd.DataFrame(index=adata.var_names[modelled].astype(str))
+        emb = umap_coords(genes_obs, X[modelled], n_neighbors=n_neighbors, min_dist=min_dist, random_state=random_state)
+        if basis is not None:
+            stored = np.full((adata.n_vars, 2), np.nan)
+            stored[modelled] = emb
+            adata.varm[basis] = stored
     values = adata.var[column].iloc[modelled]
+    numeric = values.dtype.kind in "fiu"
+    values = values.astype(float) if numeric else values.astype("category")
+    if not numeric:
+        values = values.cat.rename_categories([str(c) for c in values.cat.categories])
+    frame = embedding_frame(pd.DataFrame({column: values.set_axis(values.index.astype(str))}), emb, "X_umap")
+    if not numeric:
+        n_categories = len(frame.obs[column].cat.categories)
+        frame.uns[f"{column}_colors"] = [_PALETTE[i % len(_PALETTE)] for i in range(n_categories)]
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.5, 4.5))
     else:
-        fig = ax.figure
-    if values.dtype.kind in "fiu":
-        sc = ax.scatter(emb[:, 0], emb[:, 1], c=values.to_numpy(float), s=point_size, cmap="viridis", linewidths=0)
-        fig.colorbar(sc, ax=ax, label=column)
-    else:
-        cats = values.astype("category")
-        for i, cat in enumerate(cats.cat.categories):
-            sel = (cats == cat).to_numpy()
-            ax.scatter(
-                emb[sel, 0], emb[sel, 1], s=point_size, color=_PALETTE[i % len(_PALETTE)], label=str(cat), linewidths=0
-            )
-        ax.legend(title=column, fontsize=7, title_fontsize=8, markerscale=1.5, frameon=False, loc="best")
+        fig = figure_of(ax)
+    draw_embedding(frame, ax, color=column, size=point_size, cmap="viridis", legend_fontsize=7)
     names = adata.var_names[modelled]
     for g in genes:
         where = np.flatnonzero(names == g)
@@ -241,15 +261,10 @@ def vrnn_umap(
         x, y = emb[where[0]]
         ax.scatter([x], [y], s=point_size * 3, facecolors="none", edgecolors="black", linewidths=0.8)
         ax.annotate(g, (x, y), xytext=(4, 4), textcoords="offset points", fontsize=8)
-    ax.set_xlabel("UMAP 1")
-    ax.set_ylabel("UMAP 2")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.spines[["top", "right"]].set_visible(False)
-    _show(fig, show)
-    return fig
+    return show_or_return(fig, show=show, save=save)
 
 
+@doc_params
 def vrnn_genes(
     data: AnnData | MuData,
     genes: Sequence[str],
@@ -258,9 +273,10 @@ def vrnn_genes(
     mod: str | None = None,
     ncols: int = 4,
     time_label: str | None = None,
-    ax: plt.Axes | Sequence[plt.Axes] | None = None,
+    ax: Axes | Sequence[Axes] | None = None,
     show: bool | None = None,
-) -> Figure:
+    save: PathLike | None = None,
+) -> Figure | None:
     """Chosen genes over real time: the modelled means (± standard error) and the VRNN reconstruction.
 
     Time points where a gene was not measured are hollow markers at the linearly interpolated
@@ -283,12 +299,12 @@ def vrnn_genes(
         x-axis label; default the time column's name.
     ax
         Axes to draw into, one per gene.
-    show
-        Show the figure (default: only in interactive sessions).
+    {show}
+    {save}
 
     Returns
     -------
-    The matplotlib figure.
+    The :class:`~matplotlib.figure.Figure` when not shown, else ``None``.
     """
     adata = get_modality(data, mod)
     uns = _fitted(adata, key)
@@ -329,24 +345,21 @@ def vrnn_genes(
         a.spines[["top", "right"]].set_visible(False)
         a.axhline(0, color="0.8", linewidth=0.6, zorder=0)
     axes[0].legend(fontsize=7, frameon=False)
-    for a in axes:
-        if a.get_subplotspec() is None or a.get_subplotspec().is_last_row():
-            a.set_xlabel(_time_label(uns, time_label))
-        if a.get_subplotspec() is None or a.get_subplotspec().is_first_col():
-            a.set_ylabel("standardised activity")
-    _show(fig, show)
-    return fig
+    _label_outer(axes, _time_label(uns, time_label))
+    return show_or_return(fig, show=show, save=save)
 
 
+@doc_params
 def vrnn_module_timing(
     data: AnnData | MuData,
     *,
     key: str = "vrnn",
     mod: str | None = None,
     time_label: str | None = None,
-    ax: plt.Axes | None = None,
+    ax: Axes | None = None,
     show: bool | None = None,
-) -> Figure:
+    save: PathLike | None = None,
+) -> Figure | None:
     """Consensus onset and peak time of every module with their bootstrap intervals.
 
     One row per module (numbered by peak time): a bar from the onset interval's low end to
@@ -366,12 +379,12 @@ def vrnn_module_timing(
         x-axis label; default ``'time (<time_key>)'``.
     ax
         Axes to draw into; default a new figure.
-    show
-        Show the figure; default when matplotlib is interactive.
+    {show}
+    {save}
 
     Returns
     -------
-    The matplotlib Figure.
+    The :class:`~matplotlib.figure.Figure` when not shown, else ``None``.
     """
     adata = get_modality(data, mod)
     uns = _fitted(adata, key)
@@ -382,7 +395,7 @@ def vrnn_module_timing(
     if ax is None:
         fig, ax = plt.subplots(figsize=(5.0, 0.45 * len(table) + 1.0), layout="constrained")
     else:
-        fig = ax.figure
+        fig = figure_of(ax)
     for i, row in enumerate(table.itertuples(index=False)):
         color = _PALETTE[i % len(_PALETTE)]
         y = len(table) - 1 - i
@@ -398,9 +411,10 @@ def vrnn_module_timing(
                 [value], [y], xerr=[[value - low], [high - value]], fmt=marker, color=color, capsize=3, markersize=5
             )
     ax.set_yticks(range(len(table)))
-    ax.set_yticklabels([f"module {m} ({n})" for m, n in zip(table["module"][::-1], table["n_genes"][::-1], strict=True)])
+    ax.set_yticklabels(
+        [f"module {m} ({n})" for m, n in zip(table["module"][::-1], table["n_genes"][::-1], strict=True)]
+    )
     ax.set_xlabel(_time_label(uns, time_label))
     ax.set_title("onset (●) and peak (◆) with 95 % intervals", fontsize=9)
     ax.spines[["top", "right"]].set_visible(False)
-    _show(fig, show)
-    return fig
+    return show_or_return(fig, show=show, save=save)
