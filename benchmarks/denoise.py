@@ -202,8 +202,12 @@ def memory_run(size_mb: int, model_dir: Path, work: Path) -> dict:
 
 def mean_sd(runs: list[dict]) -> dict:
     keys = [k for k in runs[0] if all(r.get(k) is not None for r in runs)]
-    return {k: {"mean": float(np.mean([r[k] for r in runs])), "sd": float(np.std([r[k] for r in runs], ddof=1))}
-            if len(runs) > 1 else {"mean": float(runs[0][k]), "sd": None} for k in keys}
+    return {
+        k: {"mean": float(np.mean([r[k] for r in runs])), "sd": float(np.std([r[k] for r in runs], ddof=1))}
+        if len(runs) > 1
+        else {"mean": float(runs[0][k]), "sd": None}
+        for k in keys
+    }
 
 
 def main() -> None:
@@ -213,8 +217,11 @@ def main() -> None:
     parser.add_argument("--atacworks-batches", type=int, default=4, help="atacworks batches between validations")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of inference (default: %(default)s)")
     parser.add_argument(
-        "--train-threads", type=int, default=1, help="torch threads of training (default: %(default)s; more threads "
-        "than free cores slows torch down many times)"
+        "--train-threads",
+        type=int,
+        default=1,
+        help="torch threads of training (default: %(default)s; more threads "
+        "than free cores slows torch down many times)",
     )
     parser.add_argument("--skip-atacworks", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
@@ -222,8 +229,12 @@ def main() -> None:
     args = parser.parse_args()
     data = require_data()
     hsc = ct.datasets.hsc_bulk(data)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks/denoise.py"], capture_output=True,
-                           text=True, cwd=Path(__file__).parent).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", "src", "benchmarks/denoise.py"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    ).stdout.strip()
     results: dict = {
         "git_commit": git_commit(),
         "git_dirty_files": dirty.splitlines(),
@@ -255,7 +266,12 @@ def main() -> None:
         base = {}
         base["noisy_track_depth_scaled"] = pick(
             ct.metrics.evaluate_denoising(
-                hsc.clean, hsc.peaks, track=hsc.noisy, peakprob=hsc.noisy, chroms=[REPORT], threshold=1.0,
+                hsc.clean,
+                hsc.peaks,
+                track=hsc.noisy,
+                peakprob=hsc.noisy,
+                chroms=[REPORT],
+                threshold=1.0,
                 scale_track=ratio,
             )
         )
@@ -284,7 +300,13 @@ def main() -> None:
         runs = []
         for seed in range(args.seeds):
             model, info = train(
-                "default", hsc, epochs=args.epochs, seed=seed, max_seconds=None, batches=None, threads=args.train_threads
+                "default",
+                hsc,
+                epochs=args.epochs,
+                seed=seed,
+                max_seconds=None,
+                batches=None,
+                threads=args.train_threads,
             )
             info.update(evaluate(model, hsc, work, f"default_{seed}", chroms=None, threads=args.threads))
             print("default", seed, json.dumps(info["report_chr2"]), info["train_seconds"], flush=True)

@@ -34,7 +34,9 @@ def check_denoiser(work: Path, accelerator: str, small: bool, results: dict) -> 
     sim = ct.datasets.simulate_tracks(work / "tracks", chrom_sizes=sizes, random_state=0)
     data = ct.models.TrackDenoiser.setup_tracks(sim.noisy, sim.clean, sim.peaks, val_chroms=["chr3"])
     model = ct.models.TrackDenoiser(data)
-    _timed(results, "denoiser_train_2_epochs_s", lambda: model.train(max_epochs=2, accelerator=accelerator, progress=False))
+    _timed(
+        results, "denoiser_train_2_epochs_s", lambda: model.train(max_epochs=2, accelerator=accelerator, progress=False)
+    )
     res = _timed(
         results,
         "denoiser_genome_wide_s",

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +34,13 @@ HG38_MB = [248, 242, 198, 190, 181, 171, 159, 145, 138, 134, 135, 133, 114, 107,
 
 def git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-    dirty = subprocess.run(["git", "status", "--porcelain", "src", "benchmarks/scale.py"], cwd=ROOT, capture_output=True, text=True, check=False)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "src", "benchmarks/scale.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
@@ -45,7 +49,13 @@ def bench_import(repeats: int = 5) -> dict:
     totals, heavy = [], None
     for _ in range(repeats):
         out = subprocess.run(
-            [sys.executable, "-X", "importtime", "-c", "import sys, chromtools; print(sorted(m for m in ('torch', 'scvi', 'lightning', 'anndata', 'scanpy') if m in sys.modules))"],
+            [
+                sys.executable,
+                "-X",
+                "importtime",
+                "-c",
+                "import sys, chromtools; print(sorted(m for m in ('torch', 'scvi', 'lightning', 'anndata', 'scanpy') if m in sys.modules))",
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -210,7 +220,11 @@ def main() -> None:
             results["dask_denoise"] = bench_dask(work, args.scale_div)
         if "ddp" in args.sections:
             results["ddp_cpu"] = bench_ddp(work)
-    results["targets"] = {k: {"met": v.get("met"), "target": v.get("target")} for k, v in results.items() if isinstance(v, dict) and "met" in v}
+    results["targets"] = {
+        k: {"met": v.get("met"), "target": v.get("target")}
+        for k, v in results.items()
+        if isinstance(v, dict) and "met" in v
+    }
     print(json.dumps(results["targets"], indent=1))
     write_results("scale", results)
 

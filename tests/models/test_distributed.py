@@ -14,7 +14,9 @@ import torch
 from chromtools.models._distributed import BestWeights, is_distributed
 
 
-@pytest.mark.parametrize(("mode", "scores", "best"), [("min", [3.0, 1.0, 2.0, 1.5], 1), ("max", [0.1, 0.5, 0.7, 0.2], 2)])
+@pytest.mark.parametrize(
+    ("mode", "scores", "best"), [("min", [3.0, 1.0, 2.0, 1.5], 1), ("max", [0.1, 0.5, 0.7, 0.2], 2)]
+)
 def test_best_weights_restores_the_best_epoch(mode, scores, best):
     module = torch.nn.Linear(2, 1)
     pl_module = SimpleNamespace(module=module)
@@ -24,7 +26,9 @@ def test_best_weights_restores_the_best_epoch(mode, scores, best):
         with torch.no_grad():
             module.weight.fill_(float(epoch))
         snapshots.append(module.weight.detach().clone())
-        trainer = SimpleNamespace(sanity_checking=False, current_epoch=epoch, callback_metrics={"metric": torch.tensor(value)})
+        trainer = SimpleNamespace(
+            sanity_checking=False, current_epoch=epoch, callback_metrics={"metric": torch.tensor(value)}
+        )
         cb.on_validation_end(trainer, pl_module)
     cb.on_train_end(trainer, pl_module)
     assert cb.best_epoch == best and cb.best_score == pytest.approx(scores[best])

@@ -73,7 +73,9 @@ def test_setup_tracks_split_and_windows(tiny_tracks):
     assert summary.loc["train", "peaks"] > 10
     dm = TrackDataModule(setup, pad=512, bin_size=16, batch_size=2, jitter=False)
     batch = next(iter(dm.val_dataloader()))
-    assert batch[X_KEY].shape == (2, 1, 11_024) and batch["mask"][:, 512:-512].all() and not batch["mask"][:, :512].any()
+    assert (
+        batch[X_KEY].shape == (2, 1, 11_024) and batch["mask"][:, 512:-512].all() and not batch["mask"][:, :512].any()
+    )
     # the clean target is normalised by the clean track's mean coverage
     assert 0.2 < float(batch[TARGET_KEY][batch["mask"] > 0].mean()) < 20
 
@@ -209,7 +211,10 @@ def test_choice_and_calibration_on_validation_region(tiny_model):
     assert spec["val_chroms"] == ["chr2"] and spec["holdout_chroms"] == ["chr3"] and spec["train_chroms"] == ["chr1"]
     assert 0 < spec["peak_threshold"] < 1 and 0.3 < spec["track_scale"] < 3
     val = spec["validation"]
-    assert val["peak_f1"] == pytest.approx(max(val["peak_f1_per_threshold_and_gap"].values()), abs=1e-4) and val["peak_f1"] > 0.3
+    assert (
+        val["peak_f1"] == pytest.approx(max(val["peak_f1_per_threshold_and_gap"].values()), abs=1e-4)
+        and val["peak_f1"] > 0.3
+    )
     assert spec["peak_merge_gap"] in (0, 50, 150, 300, 600)
     assert val["track_mse_after_scale"] <= val["track_mse_before_scale"] + 1e-9
     fdr = np.asarray(spec["fdr"])

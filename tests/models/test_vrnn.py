@@ -72,7 +72,9 @@ def test_documented_recurrence_step_by_step():
             h = module.rnn(module.phi_z(z[:, t]), h)
         # backward pass: b_t from b_{t+1} decayed by the gap Δt_{t+1}
         t = 2
-        inp = torch.cat([module.phi_x(x[:, t : t + 1]), torch.ones_like(x[:, :1]), torch.log(noise[:, t : t + 1] + 1e-3)], -1)
+        inp = torch.cat(
+            [module.phi_x(x[:, t : t + 1]), torch.ones_like(x[:, :1]), torch.log(noise[:, t : t + 1] + 1e-3)], -1
+        )
         decay_b = torch.exp(-torch.nn.functional.softplus(module.decay_raw_b) * dt[:, t + 1 : t + 2])
         assert torch.allclose(b[:, t], module.backward_rnn(inp, decay_b * b[:, t + 1]), atol=1e-6)
 
@@ -278,7 +280,9 @@ def test_vrnn_trains_with_ddp_on_two_cpu_processes(tmp_path):
 
     script = tmp_path / "train.py"
     script.write_text(textwrap.dedent(VRNN_DDP))
-    out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     # one model across the processes: the same latents and modules in both

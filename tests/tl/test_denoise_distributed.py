@@ -81,8 +81,10 @@ def test_input_means_is_for_one_bigwig(trained):
         ct.tl.denoise(sim.noisy, folder / "model", folder / "m" / "s", input_means=[1.0, 2.0], progress=False)
     with pytest.raises(ValueError, match="describes one bigWig"):
         ct.tl.denoise([sim.noisy], folder / "model", [folder / "m" / "t"], input_means=[1.0], progress=False)
-    mean = ct.models._track_data.bigwig_mean(sim.noisy)
-    given = ct.tl.denoise(sim.noisy, folder / "model", folder / "m" / "u", chroms=["chr3"], input_means=[mean], progress=False)
+    mean = ct.io.bigwig_mean(sim.noisy)
+    given = ct.tl.denoise(
+        sim.noisy, folder / "model", folder / "m" / "u", chroms=["chr3"], input_means=[mean], progress=False
+    )
     read = ct.tl.denoise(sim.noisy, folder / "model", folder / "m" / "v", chroms=["chr3"], progress=False)
     assert given.params["input_scale"] == read.params["input_scale"]
     assert np.array_equal(ct.io.read_bigwig(given.track, "chr3"), ct.io.read_bigwig(read.track, "chr3"))

@@ -180,9 +180,17 @@ def test_stability_and_export(clustered, tmp_path, leftovers):
     out = ct.tl.vrnn_export(a, path, curves=True)
     back = pd.read_csv(path)
     assert len(back) == 120 == len(out)
-    assert {"gene", "cluster", "membership", "response", "onset", "peak_time", "baseline", "amplitude", "stability"} <= set(
-        back
-    )
+    assert {
+        "gene",
+        "cluster",
+        "membership",
+        "response",
+        "onset",
+        "peak_time",
+        "baseline",
+        "amplitude",
+        "stability",
+    } <= set(back)
     assert [c for c in back if c.startswith("mean_")] == [f"mean_{t}" for t in ["0", "1", "3", "6", "12", "24", "48"]]
     g = back["gene"].iloc[0]
     assert back.loc[0, "mean_48"] == pytest.approx(float(a.varm["vrnn_mean"][a.var_names.get_loc(g), -1]), rel=1e-5)

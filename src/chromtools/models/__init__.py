@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from .._lazy import attach
+from chromtools._lazy import attach
 
 if TYPE_CHECKING:  # names load on first access, so torch and scvi-tools import only when used
     from ._arches import freeze_for_surgery, frozen_weight_drift, reference_state_dict, surgery_ready_kwargs

@@ -2,7 +2,7 @@
 
 from typing import TYPE_CHECKING
 
-from .._lazy import attach
+from chromtools._lazy import attach
 
 if TYPE_CHECKING:  # names load on first access, so torch and scvi-tools import only when used
     from ._denoise import DenoiseResult, denoise, denoise_groups

@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from chromtools._docs import doc_params
-from chromtools._utils import PathLike
+from chromtools._utils import PathLike, moving_average
 from chromtools.io import (
     BigWigReader,
     BigWigWriter,
@@ -281,7 +281,14 @@ def denoise(
             from ._denoise_distributed import denoise_distributed
 
             results = denoise_distributed(
-                noisy_list, model, prefixes, client=client, n_workers=n_workers, chrom_sizes=chrom_sizes, chroms=chroms, **opts
+                noisy_list,
+                model,
+                prefixes,
+                client=client,
+                n_workers=n_workers,
+                chrom_sizes=chrom_sizes,
+                chroms=chroms,
+                **opts,
             )
         return results if several else results[0]
     return _denoise_one(
@@ -402,7 +409,9 @@ def _denoise_one(
         with contextlib.ExitStack() as outputs:
             out_track, out_prob = (
                 outputs.enter_context(
-                    _ArrayShard(paths[f"{k}.npy"], sizes) if shard else BigWigWriter(paths[f"{k}.bw"], sizes, zoom_levels=zoom_levels)
+                    _ArrayShard(paths[f"{k}.npy"], sizes)
+                    if shard
+                    else BigWigWriter(paths[f"{k}.bw"], sizes, zoom_levels=zoom_levels)
                 )
                 for k in ("track", "peakprob")
             )
@@ -415,10 +424,8 @@ def _denoise_one(
                     for i, s in enumerate(batch_starts):
                         for c, (reader, scale) in enumerate(zip(readers, scales, strict=True)):
                             raw = read_window(reader, chrom, int(s) - pad, int(s) + window + pad)
-                            if c == 0 and smooth > 1:
-                                raw = np.convolve(raw, np.ones(smooth, np.float32) / smooth, mode="same").astype(
-                                    np.float32
-                                )
+                            if c == 0:
+                                raw = moving_average(raw, smooth)
                             x[i, c] = input_transform(raw, scale)
                     busy = np.flatnonzero(x.reshape(len(batch_starts), -1).any(axis=1))
                     if busy.size:
@@ -572,7 +579,7 @@ def denoise_groups(
         Fragments file; default ``uns['files']['fragments']``.
     chrom_sizes
         Genome sizes (e.g. ``TrainingPair.chrom_sizes``); default inferred from the whole fragments
-        file, all cells together, as :func:`chromtools.pp.training_pair` does.
+        file, all cells together, as :func:`chromtools.tl.training_pair` does.
     chroms
         Chromosomes to process.
     smooth

@@ -212,8 +212,8 @@ def denoise_distributed(
     -------
     One :class:`~chromtools.tl.DenoiseResult` per sample; ``params['tasks']`` counts its shards.
     """
+    from chromtools.io import bigwig_mean
     from chromtools.models import TrackDenoiser
-    from chromtools.models._track_data import bigwig_mean
 
     from ._denoise import DenoiseResult, _check_inputs, _write_empty
 
@@ -249,7 +249,9 @@ def denoise_distributed(
         zoom_levels = int(kwargs.pop("zoom_levels", 10))
         # each sample's mean coverage is read once here, not once per chromosome task
         means = [
-            [bigwig_mean(n), *(bigwig_mean(e) for e in kwargs.get("extra", ()))] if spec["depth_scaling"] == "mean" else None
+            [bigwig_mean(n), *(bigwig_mean(e) for e in kwargs.get("extra", ()))]
+            if spec["depth_scaling"] == "mean"
+            else None
             for n in noisy
         ]
         with contextlib.ExitStack() as outputs, dask_client(client, n_workers) as dc:
@@ -284,7 +286,9 @@ def denoise_distributed(
             params = dict(parts[0].params)
             for key in ("windows_run", "windows_total"):
                 params[key] = int(np.sum([r.params.get(key, 0) for r in parts]))
-            params.update(tasks=len(parts), threads_per_task=threads_per_task, scheduler="dask", zoom_levels=zoom_levels)
+            params.update(
+                tasks=len(parts), threads_per_task=threads_per_task, scheduler="dask", zoom_levels=zoom_levels
+            )
             results.append(
                 DenoiseResult(
                     track=merger.paths["track.bw"],

@@ -53,7 +53,14 @@ def mfuzz_fuzzifier(n: int, d: int) -> float:
 
 
 def fuzzy_cmeans(
-    X: np.ndarray, k: int, seed: int, *, m: float | None = None, n_init: int = 10, max_iter: int = 300, tol: float = 1e-6
+    X: np.ndarray,
+    k: int,
+    seed: int,
+    *,
+    m: float | None = None,
+    n_init: int = 10,
+    max_iter: int = 300,
+    tol: float = 1e-6,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Fuzzy c-means (Bezdek): memberships ``(n, k)``, centres ``(k, d)`` and the fuzzifier used.
 
