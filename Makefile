@@ -38,7 +38,8 @@ bench:
 	$(PY) benchmarks/io.py
 	$(PY) benchmarks/denoise.py
 	$(PY) benchmarks/vrnn.py
-	$(PY) benchmarks/mapping.py --quick
+	$(PY) benchmarks/mapping.py
+	$(PY) benchmarks/scale.py
 
 # ruff (lint and format check), mypy (configured in pyproject.toml), then every pre-commit hook on all files.
 # Every step runs, and the target fails if any of them did.
