@@ -84,8 +84,10 @@ def test_backed_reference_and_query_map_like_in_memory_reading_only_blocks(files
     assert model.adata is not ref and _backed.is_lazy_matrix(model.adata.X)
     # the read-only file is untouched; results live in memory until the user writes them
     assert "X_reference" not in ad.read_h5ad(folder / "query.h5ad").obsm
-    query.write_h5ad(folder / "mapped.h5ad")
-    np.testing.assert_array_equal(ad.read_h5ad(folder / "mapped.h5ad").obsm["X_reference"], query.obsm["X_reference"])
+    ad.AnnData(obs=query.obs, obsm=dict(query.obsm)).write_h5ad(folder / "mapped.h5ad")  # the documented recipe
+    mapped = ad.read_h5ad(folder / "mapped.h5ad")
+    np.testing.assert_array_equal(mapped.obsm["X_reference"], query.obsm["X_reference"])
+    assert (mapped.obs["cell_type_pred"] == query.obs["cell_type_pred"]).all()
 
 
 def test_backed_query_with_other_features_maps_through_a_blockwise_scratch_copy(

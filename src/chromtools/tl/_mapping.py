@@ -136,9 +136,9 @@ def train_reference(
     set up on a light in-memory AnnData that shares the on-disk matrix (``model.adata``), so
     scvi-tools' registration columns are not added to ``data.obs``. Results are written to
     ``data.obsm``/``data.uns`` in memory; a file opened read-only is not modified, so write them
-    out yourself (e.g. ``data.write_h5ad(new_path)``). In backed mode anndata keeps only ``X`` on
-    disk (layers are read into memory). A matrix stored as CSC on disk, and ``model='multivi'``,
-    are refused with the fix.
+    out yourself (e.g. ``AnnData(obs=data.obs, obsm=dict(data.obsm)).write_h5ad(new_path)``).
+    In backed mode anndata keeps only ``X`` on disk (layers are read into memory). A matrix
+    stored as CSC on disk, and ``model='multivi'``, are refused with the fix.
     """
     from mudata import MuData
 
@@ -756,9 +756,9 @@ def map_query(
     copied; otherwise the aligned counts are written block by block to a scratch HDF5 file in
     ``scratch_dir`` (removed when the call returns, or with the query model when
     ``return_model=True``). Results go to the query's ``obsm``/``uns`` in memory; a file opened
-    read-only is not modified, so write them out yourself (``query.write_h5ad(new_path)``, or
-    save ``query.obsm[key_added]``). ``copy=True`` and multimodal references are refused for a
-    backed query (they would load it).
+    read-only is not modified, so write them out yourself (e.g.
+    ``AnnData(obs=query.obs, obsm=dict(query.obsm)).write_h5ad(new_path)``). ``copy=True`` and
+    multimodal references are refused for a backed query (they would load it).
     """
     from anndata import AnnData
     from mudata import MuData
