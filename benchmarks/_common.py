@@ -41,10 +41,17 @@ def machine() -> dict:
     }
 
 
-def git_commit() -> str:
-    """The commit checked out (empty outside a git checkout)."""
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
-    return out.stdout.strip()
+def git_commit(dirty_paths: tuple[str, ...] = ("src", "benchmarks"), root: Path = ROOT) -> str:
+    """The commit checked out in ``root`` (empty outside a git checkout), with ``-dirty`` when ``dirty_paths`` have uncommitted changes."""
+    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", *dirty_paths],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() + ("-dirty" if out.stdout.strip() and dirty.stdout.strip() else "")
 
 
 def peak_rss_mb() -> float:

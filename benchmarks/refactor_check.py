@@ -31,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import ROOT, git_commit
 
 
 def _digest(values) -> str:
@@ -125,9 +127,7 @@ def run_mapping(work: Path) -> dict:
 
 def fingerprint(out: Path) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    commit = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True
-    ).stdout.strip()
+    commit = git_commit(root=Path.cwd())  # the checkout being fingerprinted: the script runs with its cwd there
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         import chromtools
@@ -198,13 +198,10 @@ def main() -> None:
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False, capture_output=True
             )
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "src", "benchmarks"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     result = {
         "command": f"python benchmarks/refactor_check.py --before {args.before}",
         "before_commit": before["git_commit"],
-        "git_commit": after["git_commit"] + ("-dirty" if dirty else ""),
+        "git_commit": after["git_commit"],
         "before": before,
         "after": after,
         "comparison": compare(before, after),
