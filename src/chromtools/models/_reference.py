@@ -69,14 +69,23 @@ def check_count_matrix(adata: AnnData, layer: str | None, *, what: str = "data")
 
     All reference models of chromtools use count likelihoods (Bernoulli of accessibility,
     Poisson, negative binomial); normalised or log-transformed values would silently train a
-    wrong model.
+    wrong model. A backed or lazily loaded matrix is checked on a sample of row blocks spread
+    over the file (about two million values), so the check never loads it whole.
     """
+    from chromtools.models._backed import is_lazy_matrix, sample_values
+
     X = _layer_matrix(adata, layer)
-    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    where = f"layers['{layer}']" if layer is not None else "X"
+    if is_lazy_matrix(X):  # backed / lazily loaded: a few row blocks spread over the file
+        from chromtools.models._backed import check_rows_readable
+
+        check_rows_readable(X, f"{what}.{where}")
+        values = sample_values(X)
+    else:
+        values = X.data if sp.issparse(X) else np.asarray(X).ravel()
     if values.size > 2_000_000:  # a strided sample is enough to catch normalised data
         values = values[:: values.size // 2_000_000 + 1]
     values = np.asarray(values)
-    where = f"layers['{layer}']" if layer is not None else "X"
     if values.size and not np.all(np.isfinite(values)):
         msg = f"{what}.{where} contains NaN or infinite values; reference models need raw counts."
         raise ValueError(msg)
@@ -97,9 +106,16 @@ def check_count_matrix(adata: AnnData, layer: str | None, *, what: str = "data")
 
 
 def compute_idf(X) -> np.ndarray:
-    """Inverse document frequency of each peak, ``log(1 + n_cells / (1 + n_cells_open))``."""
+    """Inverse document frequency of each peak, ``log(1 + n_cells / (1 + n_cells_open))``.
+
+    A backed or lazily loaded ``X`` is read in row blocks (:mod:`chromtools.models._backed`).
+    """
+    from chromtools.models._backed import column_open_counts, is_lazy_matrix
+
     n = X.shape[0]
-    if sp.issparse(X):
+    if is_lazy_matrix(X):
+        n_open = column_open_counts(X)
+    elif sp.issparse(X):
         n_open = np.asarray((X > 0).sum(axis=0)).ravel()
     else:
         n_open = (np.asarray(X) > 0).sum(axis=0)

@@ -21,6 +21,73 @@ logger = logging.getLogger(__name__)
 
 Weighting = Literal["gaussian", "scarches", "distance", "uniform"]
 WEIGHTINGS = ("gaussian", "scarches", "distance", "uniform")
+KnnMethod = Literal["auto", "exact", "pynndescent"]
+KNN_METHODS = ("auto", "exact", "pynndescent")
+
+#: With ``knn_method='auto'``, references of at least this many cells are searched with
+#: pynndescent's approximate index instead of scikit-learn's exact search.
+APPROX_KNN_MIN_CELLS = 50_000
+#: Neighbours per point in pynndescent's graph (more than the usual 15 votes: better recall).
+_PYNNDESCENT_GRAPH_K = 30
+
+
+def resolve_knn_method(knn_method: KnnMethod, n_reference: int) -> str:
+    """``'exact'`` or ``'pynndescent'``: ``'auto'`` picks pynndescent from :data:`APPROX_KNN_MIN_CELLS` cells."""
+    if knn_method not in KNN_METHODS:
+        msg = f"knn_method must be one of {KNN_METHODS}, got {knn_method!r}."
+        raise ValueError(msg)
+    if knn_method == "auto":
+        return "pynndescent" if n_reference >= APPROX_KNN_MIN_CELLS else "exact"
+    return knn_method
+
+
+class _KnnIndex:
+    """Nearest reference cells: scikit-learn's exact search or a seeded pynndescent index, built once.
+
+    pynndescent (a dependency of umap-learn, hence of scanpy) builds an approximate
+    nearest-neighbour graph by random-projection trees and neighbour descent; with a fixed
+    ``random_state`` it returns the same neighbours on every run. Its first use in a Python
+    process compiles it with numba (tens of seconds), which is why ``'auto'`` keeps the exact
+    search for references below :data:`APPROX_KNN_MIN_CELLS` cells.
+    """
+
+    def __init__(self, reference: np.ndarray, method: str, random_state: int = 0):
+        self.data = np.ascontiguousarray(reference, dtype=np.float32)
+        self.method = method
+        self.random_state = random_state
+        self._index = None
+
+    def _nndescent(self, k: int):
+        from pynndescent import NNDescent
+
+        n_graph = int(min(max(_PYNNDESCENT_GRAPH_K, k), self.data.shape[0]))
+        if self._index is None or self._index.n_neighbors < n_graph:
+            self._index = NNDescent(
+                self.data, metric="euclidean", n_neighbors=n_graph, random_state=self.random_state, low_memory=True
+            )
+        return self._index
+
+    def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distances and indices (cells x k) of the ``k`` nearest reference cells of each query cell."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.method == "pynndescent" and self.data.shape[0] > k:
+            idx, dist = self._nndescent(k).query(queries, k=k)
+            return dist.astype(np.float64), idx.astype(np.int64)
+        from sklearn.neighbors import NearestNeighbors
+
+        return NearestNeighbors(n_neighbors=k).fit(self.data).kneighbors(queries)
+
+    def self_neighbors(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Distances and indices of each reference cell's ``k`` nearest other reference cells."""
+        kk = min(k + 1, self.data.shape[0])
+        if self.method == "pynndescent" and self.data.shape[0] > kk:
+            idx, dist = self._nndescent(kk).neighbor_graph
+            idx, dist = idx[:, :kk].astype(np.int64), dist[:, :kk].astype(np.float64)
+        else:
+            from sklearn.neighbors import NearestNeighbors
+
+            dist, idx = NearestNeighbors(n_neighbors=kk).fit(self.data).kneighbors(self.data)
+        return dist[:, 1:], idx[:, 1:]  # drop the cell itself
 
 
 def _reference_arrays(
@@ -97,6 +164,8 @@ def knn_label_probabilities(
     *,
     n_neighbors: int = 15,
     weighting: Weighting = "gaussian",
+    knn_method: KnnMethod = "auto",
+    random_state: int = 0,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
     """Label probabilities of query cells from their nearest reference cells.
 
@@ -112,24 +181,31 @@ def knn_label_probabilities(
         Neighbour weights: ``'gaussian'`` (kernel with a per-cell bandwidth, the median
         neighbour distance), ``'scarches'`` (scArches' rule), ``'distance'`` (inverse distance)
         or ``'uniform'``.
+    knn_method
+        ``'exact'`` (scikit-learn), ``'pynndescent'`` (approximate index) or ``'auto'``
+        (pynndescent from :data:`APPROX_KNN_MIN_CELLS` reference cells).
+    random_state
+        Seed of the pynndescent index.
 
     Returns
     -------
     Probabilities (query cells × labels), and the neighbours' distances and indices (query
     cells × k).
     """
-    from sklearn.neighbors import NearestNeighbors
-
     if weighting not in WEIGHTINGS:
         msg = f"weighting must be one of {WEIGHTINGS}, got {weighting!r}."
         raise ValueError(msg)
     codes, classes = pd.factorize(pd.Series(reference_labels).astype(str), sort=True)
-    k = int(min(n_neighbors, reference_latent.shape[0]))
+    index = (
+        reference_latent
+        if isinstance(reference_latent, _KnnIndex)
+        else _KnnIndex(reference_latent, resolve_knn_method(knn_method, len(reference_latent)), random_state)
+    )
+    k = int(min(n_neighbors, index.data.shape[0]))
     if k < 1:
         msg = "The reference has no cells."
         raise ValueError(msg)
-    nn = NearestNeighbors(n_neighbors=k).fit(np.asarray(reference_latent, np.float32))
-    dist, idx = nn.kneighbors(np.asarray(query_latent, np.float32))
+    dist, idx = index.query(query_latent, k)
     w = _weights(dist, weighting)
     n_q = query_latent.shape[0]
     rows = np.repeat(np.arange(n_q), k)
@@ -137,13 +213,13 @@ def knn_label_probabilities(
     return pd.DataFrame(P, columns=pd.Index(classes, name="label")), dist, idx
 
 
-def _radius(latent: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each cell's median distance to its ``k`` nearest other cells, and those distances and indices."""
-    from sklearn.neighbors import NearestNeighbors
+def _radius(latent, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each cell's median distance to its ``k`` nearest other cells, and those distances and indices.
 
-    kk = min(k + 1, latent.shape[0])
-    d, i = NearestNeighbors(n_neighbors=kk).fit(latent).kneighbors(latent)
-    d, i = d[:, 1:], i[:, 1:]  # drop the cell itself
+    ``latent`` is an array (exact search) or a :class:`_KnnIndex` (its method).
+    """
+    index = latent if isinstance(latent, _KnnIndex) else _KnnIndex(latent, "exact")
+    d, i = index.self_neighbors(k)
     return np.maximum(np.median(d, axis=1), 1e-12), d, i
 
 
@@ -162,6 +238,9 @@ def novelty_calibration(
     n_neighbors: int = 15,
     batches=None,
     method: CalibrationMethod = "auto",
+    knn_method: KnnMethod = "auto",
+    random_state: int = 0,
+    _radius_all: tuple | None = None,
 ) -> tuple[np.ndarray, str]:
     """Novelty scores of reference cells scored as if they were query cells: the null distribution.
 
@@ -175,16 +254,17 @@ def novelty_calibration(
     from a new batch lies a little farther). ``'auto'`` takes the first when ``batches`` has at
     least two batches of ``n_neighbors`` cells or more, else the second.
 
+    Neighbours are searched with ``knn_method`` (see :func:`knn_label_probabilities`).
+
     Returns
     -------
     One score per reference cell, and the method used.
     """
-    from sklearn.neighbors import NearestNeighbors
-
     if method not in CALIBRATIONS:
         msg = f"calibration must be one of {CALIBRATIONS}, got {method!r}."
         raise ValueError(msg)
     ref = np.asarray(reference_latent, np.float32)
+    knn = resolve_knn_method(knn_method, ref.shape[0])
     k = int(min(n_neighbors, ref.shape[0] - 1))
     if k < 1:
         msg = "Novelty needs at least 2 reference cells."
@@ -201,15 +281,15 @@ def novelty_calibration(
         )
         raise ValueError(msg)
     if method == "leave-one-out" or (method == "auto" and usable is None):
-        radius, d, i = _radius(ref, k)
+        radius, d, i = _radius_all if _radius_all is not None else _radius(_KnnIndex(ref, knn, random_state), k)
         return _ratio(d, i, radius), "leave-one-out"
     scores = np.empty(ref.shape[0])
     for batch in pd.unique(usable):
         held = usable == batch
-        rest = ref[~held]
-        kk = min(k, rest.shape[0] - 1)
+        rest = _KnnIndex(ref[~held], knn, random_state)
+        kk = min(k, rest.data.shape[0] - 1)
         radius, _, _ = _radius(rest, kk)
-        d, i = NearestNeighbors(n_neighbors=kk).fit(rest).kneighbors(ref[held])
+        d, i = rest.query(ref[held], kk)
         scores[held] = _ratio(d, i, radius)
     return scores, "leave-one-batch-out"
 
@@ -258,6 +338,8 @@ def transfer_labels(
     calibration: CalibrationMethod = "auto",
     batch_key: str | None = None,
     unknown_label: str = "Unknown",
+    knn_method: KnnMethod = "auto",
+    random_state: int = 0,
     mod: str | None = None,
     key_added: str | None = None,
     copy: bool = False,
@@ -319,6 +401,14 @@ def transfer_labels(
         reference model's.
     unknown_label
         Label of novel cells (and of cells below ``threshold``).
+    knn_method
+        Nearest-neighbour search: ``'exact'`` (scikit-learn), ``'pynndescent'`` (an approximate
+        index, seeded by ``random_state``; its first use in a process compiles it, tens of
+        seconds) or ``'auto'``: pynndescent when the reference has at least 50,000 cells
+        (``APPROX_KNN_MIN_CELLS``), where exact search becomes the slow part. The method used is
+        recorded in ``uns[...]['params']``.
+    random_state
+        Seed of the pynndescent index.
     {mod}
     key_added
         Prefix of the written columns; default ``f'{labels_key}_pred'``.
@@ -348,6 +438,12 @@ def transfer_labels(
     ``uns[...]``
         ``params``; with novelty, ``novelty_threshold``, ``calibration`` (the method used) and
         ``n_calibration_cells``.
+
+    Notes
+    -----
+    Only ``obsm[use_rep]`` and ``obs`` are read, so a query (or reference) opened with
+    ``anndata.read_h5ad(path, backed="r")`` works as it is: the results are written to its
+    ``obs``/``obsm`` in memory (a file opened read-only is not modified; write them out yourself).
     """
     if not 0.0 <= threshold <= 1.0:
         msg = f"threshold must be between 0 and 1 (a probability), got {threshold}."
@@ -356,6 +452,9 @@ def transfer_labels(
         msg = f"novelty_quantile must be in (0, 1], got {novelty_quantile}."
         raise ValueError(msg)
     if copy:
+        from chromtools.tl._mapping import _refuse_backed_copy
+
+        _refuse_backed_copy(query, "transfer_labels")
         query = query.copy()
     from mudata import MuData
 
@@ -387,8 +486,10 @@ def transfer_labels(
     if batch_key is not None and batch_key not in ref_obs:
         msg = f"The reference has no obs column '{batch_key}' (batch_key); pass an existing column or None."
         raise KeyError(msg)
+    knn = resolve_knn_method(knn_method, ref_latent.shape[0])
+    index = _KnnIndex(ref_latent, knn, random_state)
     probs, dist, idx = knn_label_probabilities(
-        ref_latent, ref_labels.to_numpy(), q_latent, n_neighbors=n_neighbors, weighting=weighting
+        index, ref_labels.to_numpy(), q_latent, n_neighbors=n_neighbors, weighting=weighting
     )
     probs.index = target.obs_names
     P = probs.to_numpy()
@@ -405,8 +506,18 @@ def transfer_labels(
     if novelty and ref_latent.shape[0] >= 3:
         col = batch_key or default_batch
         batches = ref_obs[col].to_numpy() if col is not None and col in ref_obs else None
-        null, method = novelty_calibration(ref_latent, n_neighbors=dist.shape[1], batches=batches, method=calibration)
-        radius, _, _ = _radius(np.asarray(ref_latent, np.float32), min(dist.shape[1], ref_latent.shape[0] - 1))
+        k_self = min(dist.shape[1], ref_latent.shape[0] - 1)
+        radius_all = _radius(index, k_self)
+        null, method = novelty_calibration(
+            ref_latent,
+            n_neighbors=dist.shape[1],
+            batches=batches,
+            method=calibration,
+            knn_method=knn,
+            random_state=random_state,
+            _radius_all=radius_all,
+        )
+        radius = radius_all[0]
         score = _ratio(dist, idx, radius)
         cutoff = max(float(np.quantile(null, novelty_quantile, method="higher")), 1e-12)
         null_sorted = np.sort(null)
@@ -452,6 +563,9 @@ def transfer_labels(
             "calibration": calibration,
             "batch_key": batch_key,
             "unknown_label": unknown_label,
+            "knn_method": knn_method,
+            "knn_method_used": knn,
+            "random_state": int(random_state),
         },
         **info,
     }

@@ -16,6 +16,7 @@ import torch
 from chromtools._docs import doc_params
 from chromtools._utils import get_modality, log_time
 from chromtools.models._arches import surgery_ready_kwargs
+from chromtools.models._backed import is_lazy_matrix
 from chromtools.models._reference import trained_epochs
 from chromtools.pp import align_features, feature_map
 
@@ -125,6 +126,19 @@ def train_reference(
     The trained model. Writes ``obsm['X_reference' | key_added]`` (latent space) and
     ``uns[key_added]['params']`` into ``data`` (the MuData for ``'multivi'``, else the ATAC
     modality).
+
+    Notes
+    -----
+    **Out of core.** ``data`` may be opened with ``anndata.read_h5ad(path, backed="r")`` (or hold
+    a lazily loaded matrix, e.g. ``AnnData(X=anndata.io.sparse_dataset(group))``): the counts stay
+    on disk, minibatches are read by scvi-tools' data loader and every other pass (count check,
+    IDF) reads row blocks, so memory is bounded by a block, not by the matrix. The model is then
+    set up on a light in-memory AnnData that shares the on-disk matrix (``model.adata``), so
+    scvi-tools' registration columns are not added to ``data.obs``. Results are written to
+    ``data.obsm``/``data.uns`` in memory; a file opened read-only is not modified, so write them
+    out yourself (e.g. ``data.write_h5ad(new_path)``). In backed mode anndata keeps only ``X`` on
+    disk (layers are read into memory). A matrix stored as CSC on disk, and ``model='multivi'``,
+    are refused with the fix.
     """
     from mudata import MuData
 
@@ -152,6 +166,7 @@ def train_reference(
             if name not in data.mod:
                 msg = f"model='multivi' needs modalities 'rna' and 'atac'; this MuData has {list(data.mod)}."
                 raise KeyError(msg)
+        _refuse_lazy_mudata(data, {"atac": layer, "rna": rna_layer})
         check_count_matrix(data.mod["atac"], layer, what="mdata['atac']")
         check_count_matrix(data.mod["rna"], rna_layer, what="mdata['rna']")
         _pull_obs_columns(data, [c for c in (batch_key, labels_key) if c is not None])
@@ -170,6 +185,14 @@ def train_reference(
         )
         raise ValueError(msg)
 
+    # out of core: set the model up on a light AnnData sharing the on-disk counts
+    work, scratch = target, None
+    if model != "multivi":
+        from chromtools.models._reference import _layer_matrix
+
+        counts = _layer_matrix(target, layer)
+        if is_lazy_matrix(counts):
+            work, scratch = _light_anndata(target, counts, layer, what="reference")
     scvi.settings.seed = int(random_state)
     ctx = _silence_training_warnings()
     try:
@@ -181,8 +204,8 @@ def train_reference(
                     msg = "model='peakscanvi' learns from labels: pass labels_key=<obs column of cell types>."
                     raise ValueError(msg)
                 setup.update(labels_key=labels_key, unlabeled_category=unlabeled_category)
-            cls.setup_anndata(target, **setup)
-            ref_model = cls(target, **model_kwargs)
+            cls.setup_anndata(work, **setup)
+            ref_model = cls(work, **model_kwargs)
             with log_time(f"Training {cls.__name__} reference on {target.n_obs} cells", logger):
                 ref_model.train(
                     max_epochs=max_epochs,
@@ -205,9 +228,9 @@ def train_reference(
                 )
                 ref_model = cls(target, **kwargs)
             else:
-                check_count_matrix(target, layer)
-                cls.setup_anndata(target, batch_key=batch_key, layer=layer)
-                ref_model = cls(target, **kwargs)
+                check_count_matrix(work, layer)
+                cls.setup_anndata(work, batch_key=batch_key, layer=layer)
+                ref_model = cls(work, **kwargs)
             from chromtools.models._reference import ModuleModeCallback
 
             callbacks = [*train_kwargs.pop("callbacks", []), ModuleModeCallback("train")]
@@ -226,8 +249,14 @@ def train_reference(
 
             ref_model.chromtools_version_ = __version__
             ref_model.chromtools_format_ = MODEL_FORMAT_VERSION
+    except BaseException:
+        if scratch is not None:
+            scratch.close()
+        raise
     finally:
         ctx.__exit__(None, None, None)
+    if scratch is not None:  # the on-disk copy lives as long as the model that reads it
+        ref_model._chromtools_scratch = scratch
     latent = ref_model.get_latent_representation()
     target.obsm[key_added] = latent
     target.uns[key_added] = {
@@ -238,11 +267,43 @@ def train_reference(
             "layer": layer,
             "random_state": random_state,
             "n_epochs": trained_epochs(ref_model),
+            "out_of_core": work is not target,
         }
     }
     if store_labels and hasattr(ref_model, "store_reference"):
-        ref_model.store_reference(target, obs_keys=obs_keys)
+        ref_model.store_reference(work, obs_keys=obs_keys)
     return ref_model
+
+
+def _light_anndata(adata: AnnData, counts, layer: str | None, *, what: str, scratch_dir=None):
+    """An in-memory AnnData with ``adata``'s obs and var whose counts are the on-disk matrix ``counts``.
+
+    scvi-tools reads minibatches from it without loading the matrix; registration writes its
+    columns into this AnnData's obs, not into the user's backed object.
+    """
+    from anndata import AnnData
+
+    from chromtools.models._backed import rows_as_csr_dataset
+
+    matrix, scratch = rows_as_csr_dataset(counts, scratch_dir, what=what)
+    light = AnnData(X=matrix if layer is None else None, obs=adata.obs.copy(), var=adata.var.copy())
+    if layer is not None:
+        light.layers[layer] = matrix
+    return light, scratch
+
+
+def _refuse_lazy_mudata(mdata: MuData, layers: dict[str, str | None]) -> None:
+    """Multimodal models need their modalities in memory: refuse backed ones with the fix."""
+    from chromtools.models._reference import _layer_matrix
+
+    for name, layer in layers.items():
+        if name in mdata.mod and is_lazy_matrix(_layer_matrix(mdata.mod[name], layer)):
+            msg = (
+                f"Modality '{name}' is backed (on disk); multimodal references (MULTIVI, TOTALVI) map in memory "
+                f"only. Load it first: mdata.mod['{name}'] = mdata.mod['{name}'].to_memory(), or map the ATAC "
+                "modality alone with a peak reference (model='peakscanvi')."
+            )
+            raise NotImplementedError(msg)
 
 
 def _pull_obs_columns(mdata: MuData, columns: list[str]) -> None:
@@ -365,29 +426,79 @@ def _align_anndata(
     what: str,
     matching: Matching = "auto",
     overlap_rule: OverlapRule = "sum",
-) -> tuple[AnnData, dict]:
+    scratch_dir=None,
+) -> tuple[AnnData, dict, Any]:
+    """The query in the reference's features, its alignment report, and the scratch copy (or None).
+
+    A backed query stays on disk: when its features are the reference's, in order, the aligned
+    AnnData reads the query's own matrix; otherwise the aligned counts are written block by
+    block to a scratch HDF5 file (:class:`chromtools.models._backed.Scratch`).
+    """
     from anndata import AnnData
 
-    from chromtools.models._reference import check_count_matrix
+    from chromtools.models._reference import _layer_matrix, check_count_matrix
 
     check_count_matrix(adata, layer, what=what)
+    counts = _layer_matrix(adata, layer)
+    lazy = is_lazy_matrix(counts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        aligned = align_features(
-            adata,
-            pd.DataFrame(index=reference_names),
-            layer=layer,
-            matching=matching,
-            overlap_rule=overlap_rule,
-            min_overlap=min_overlap,
-        )
+        if lazy:
+            S, info = feature_map(
+                adata.var,
+                pd.DataFrame(index=reference_names),
+                matching=matching,
+                overlap_rule=overlap_rule,
+                min_overlap=min_overlap,
+            )
+        else:
+            aligned = align_features(
+                adata,
+                pd.DataFrame(index=reference_names),
+                layer=layer,
+                matching=matching,
+                overlap_rule=overlap_rule,
+                min_overlap=min_overlap,
+            )
     for w in caught:  # re-issued here so that they point at the user's map_query call
         warnings.warn(str(w.message).replace("The query", f"The {what}"), w.category, stacklevel=4)
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    var = pd.DataFrame(index=reference_names.copy())
+    if lazy:
+        from chromtools.models._backed import Scratch, check_rows_readable, rows_as_csr_dataset
+
+        check_rows_readable(counts, what)
+        if _is_identity(S):
+            X, scratch = rows_as_csr_dataset(counts, scratch_dir, what=what)
+        else:
+            scratch = Scratch(scratch_dir)
+            try:
+                X = scratch.write_csr(counts, S, name="aligned", what=what)
+            except BaseException:
+                scratch.close()
+                raise
+        out = AnnData(X=X, obs=obs, var=var)
+        if out_layer is not None:
+            out.layers[out_layer] = X
+        return out, dict(info), scratch
     X = aligned.X
-    out = AnnData(X=X, obs=pd.DataFrame(index=adata.obs_names.copy()), var=pd.DataFrame(index=reference_names.copy()))
+    out = AnnData(X=X, obs=obs, var=var)
     if out_layer is not None:
         out.layers[out_layer] = X.copy()
-    return out, dict(aligned.uns["features"])
+    return out, dict(aligned.uns["features"]), None
+
+
+def _is_identity(S) -> bool:
+    """Whether the feature map ``S`` (query x reference features) keeps every feature in place."""
+    S = S.tocsr()
+    n = S.shape[0]
+    return (
+        S.shape[1] == n
+        and S.nnz == n
+        and np.array_equal(S.indptr, np.arange(n + 1))
+        and np.array_equal(S.indices, np.arange(n))
+        and bool(np.all(S.data == 1))
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,6 +657,7 @@ def map_query(
     overlap_rule: OverlapRule = "sum",
     key_added: str = "X_reference",
     return_model: bool = False,
+    scratch_dir: str | os.PathLike | None = None,
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
     random_state: int = 0,
@@ -612,6 +724,9 @@ def map_query(
         that both can be joined).
     return_model
         Also return the query model (e.g. to save it or to predict with its classifier).
+    scratch_dir
+        Folder for the on-disk copy of a backed query whose features are not the reference's,
+        in order (see Notes); default the system temporary folder (``TMPDIR``).
     {accelerator}
     {devices}
     {random_state}
@@ -631,15 +746,32 @@ def map_query(
         overlap, ``overlap_rule`` and its one-to-many counts), the new
         batches, the surgery epochs, the number of trained entries and ``frozen_identical``
         (every reference weight bit-identical after surgery).
+
+    Notes
+    -----
+    **Out of core.** A query opened with ``anndata.read_h5ad(path, backed="r")`` (or holding a
+    lazily loaded matrix) maps in bounded memory: its counts stay on disk and surgery and
+    encoding read one minibatch at a time (scvi-tools' data loader); the count check reads a
+    sample of row blocks. When the query's features are the reference's, in order, nothing is
+    copied; otherwise the aligned counts are written block by block to a scratch HDF5 file in
+    ``scratch_dir`` (removed when the call returns, or with the query model when
+    ``return_model=True``). Results go to the query's ``obsm``/``uns`` in memory; a file opened
+    read-only is not modified, so write them out yourself (``query.write_h5ad(new_path)``, or
+    save ``query.obsm[key_added]``). ``copy=True`` and multimodal references are refused for a
+    backed query (they would load it).
     """
+    from anndata import AnnData
     from mudata import MuData
 
-    from chromtools.models._arches import freeze_for_surgery, frozen_weight_drift
-    from chromtools.models._reference import _silence_training_warnings
-
+    if scratch_dir is not None and not os.path.isdir(scratch_dir):
+        msg = f"scratch_dir '{scratch_dir}' is not an existing folder; create it or pass None (the system temp folder)."
+        raise FileNotFoundError(msg)
     if copy:
+        _refuse_backed_copy(query, "map_query")
         query = query.copy()
     ref = _resolve_reference(reference)
+    if ref.is_mudata and isinstance(query, MuData):
+        _refuse_lazy_mudata(query, {"atac": layer, "rna": rna_layer})
 
     # -- build the aligned query -------------------------------------------------------------
     if ref.is_mudata:
@@ -661,7 +793,7 @@ def map_query(
             if q_layer is None and ref_layer is not None and ref_layer in query.mod[name].layers:
                 q_layer = ref_layer
             names = ref.var_names[name] if isinstance(ref.var_names, dict) else ref.var_names
-            mods[name], infos[name] = _align_anndata(
+            mods[name], infos[name], _ = _align_anndata(
                 query.mod[name],
                 names,
                 layer=q_layer,
@@ -688,7 +820,7 @@ def map_query(
         if q_layer is None and ref_layer is not None and ref_layer in target.layers:
             q_layer = ref_layer
         names = ref.var_names if not isinstance(ref.var_names, dict) else next(iter(ref.var_names.values()))
-        aligned, align_info = _align_anndata(
+        aligned, align_info, scratch = _align_anndata(
             target,
             names,
             layer=q_layer,
@@ -697,8 +829,106 @@ def map_query(
             what="query",
             matching=feature_matching,
             overlap_rule=overlap_rule,
+            scratch_dir=scratch_dir,
         )
         source_obs = target.obs
+    if ref.is_mudata:
+        scratch = None
+    try:
+        qm, n_epochs, n_trainable, drift, new_batches, ref_batch_key = _surgery(
+            aligned,
+            ref,
+            source_obs,
+            target,
+            batch_key=batch_key,
+            max_epochs=max_epochs,
+            lr=lr,
+            batch_size=batch_size,
+            early_stopping=early_stopping,
+            accelerator=accelerator,
+            devices=devices,
+            random_state=random_state,
+            progress=progress,
+        )
+        latent = qm.get_latent_representation()
+    finally:
+        if scratch is not None and not return_model:
+            scratch.close()
+    if scratch is not None:  # the scratch copy lives as long as the query model that reads it
+        qm._chromtools_scratch = scratch
+    identical = bool(drift["identical"].all())
+    if not identical:
+        moved = drift.loc[~drift["identical"], "tensor"].tolist()
+        warnings.warn(
+            f"Reference weights changed during surgery: {moved[:5]}. The mapping is still written, but the "
+            "reference is no longer frozen.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    out_target = target if not ref.is_mudata else query
+    out_target.obsm[key_added] = latent
+    out_target.uns[key_added] = {
+        "params": {
+            "reference": ref.cls.__name__,
+            "batch_key": batch_key or ref_batch_key,
+            "layer": layer,
+            "max_epochs": max_epochs,
+            "lr": lr,
+            "batch_size": batch_size,
+            "early_stopping": early_stopping,
+            "min_overlap": min_overlap,
+            "feature_matching": feature_matching,
+            "overlap_rule": overlap_rule,
+            "random_state": random_state,
+            "out_of_core": isinstance(aligned, AnnData) and is_lazy_matrix(aligned.X),
+        },
+        "features": align_info,
+        "new_batches": list(new_batches),
+        "n_epochs": n_epochs,
+        "n_trained_parameters": n_trainable,
+        "frozen_identical": identical,
+        "frozen_max_abs_diff": float(np.nan_to_num(drift["max_abs_diff"].to_numpy(), nan=np.inf).max())
+        if len(drift)
+        else 0.0,
+    }
+    result = query if copy else None
+    if return_model:
+        return (result, qm) if copy else qm
+    return result
+
+
+def _refuse_backed_copy(data, func: str) -> None:
+    """``copy=True`` would load (or duplicate) a backed AnnData: refuse it with the fix."""
+    mods = getattr(data, "mod", {}) or {}
+    if bool(getattr(data, "isbacked", False)) or any(bool(getattr(m, "isbacked", False)) for m in mods.values()):
+        msg = (
+            f"{func}(copy=True) cannot copy a backed AnnData (it would load or duplicate the file). Use copy=False: "
+            "results are written to the object's obs/obsm in memory and the file is not modified; or load it "
+            "first with adata = adata.to_memory()."
+        )
+        raise ValueError(msg)
+
+
+def _surgery(
+    aligned,
+    ref: _Reference,
+    source_obs: pd.DataFrame,
+    target,
+    *,
+    batch_key,
+    max_epochs,
+    lr,
+    batch_size,
+    early_stopping,
+    accelerator,
+    devices,
+    random_state,
+    progress,
+):
+    """Fill the aligned query's obs, build the query model by surgery and train its new batch parameters."""
+    from chromtools.models._arches import freeze_for_surgery, frozen_weight_drift
+    from chromtools.models._reference import _silence_training_warnings
+
     ref_batch_key, new_batches = _fill_obs(aligned, source_obs, ref, batch_key)
     if not ref.is_mudata:
         _copy_obsm_fields(aligned, target, ref)
@@ -747,45 +977,7 @@ def map_query(
             )
         n_epochs = trained_epochs(qm)
     drift = frozen_weight_drift(ref.state, qm)
-    identical = bool(drift["identical"].all())
-    if not identical:
-        moved = drift.loc[~drift["identical"], "tensor"].tolist()
-        warnings.warn(
-            f"Reference weights changed during surgery: {moved[:5]}. The mapping is still written, but the "
-            "reference is no longer frozen.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    latent = qm.get_latent_representation()
-    out_target = target if not ref.is_mudata else query
-    out_target.obsm[key_added] = latent
-    out_target.uns[key_added] = {
-        "params": {
-            "reference": ref.cls.__name__,
-            "batch_key": batch_key or ref_batch_key,
-            "layer": layer,
-            "max_epochs": max_epochs,
-            "lr": lr,
-            "batch_size": batch_size,
-            "early_stopping": early_stopping,
-            "min_overlap": min_overlap,
-            "feature_matching": feature_matching,
-            "overlap_rule": overlap_rule,
-            "random_state": random_state,
-        },
-        "features": align_info,
-        "new_batches": list(new_batches),
-        "n_epochs": n_epochs,
-        "n_trained_parameters": n_trainable,
-        "frozen_identical": identical,
-        "frozen_max_abs_diff": float(np.nan_to_num(drift["max_abs_diff"].to_numpy(), nan=np.inf).max())
-        if len(drift)
-        else 0.0,
-    }
-    result = query if copy else None
-    if return_model:
-        return (result, qm) if copy else qm
-    return result
+    return qm, n_epochs, n_trainable, drift, new_batches, ref_batch_key
 
 
 def _single_device(devices) -> int | str:
