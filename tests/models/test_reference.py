@@ -7,7 +7,10 @@ import torch
 from scvi.distributions import NegativeBinomial
 
 import chromtools as ct
-from chromtools.models._reference import MODEL_FORMAT_VERSION, PeakVAEModule, _mmd_between_groups
+from chromtools.models._input_checks import compute_idf
+from chromtools.models._mmd import _mmd_between_groups
+from chromtools.models._peak_vae import PeakVAEModule
+from chromtools.models._saved_models import MODEL_FORMAT_VERSION
 
 SMALL = {"n_hidden": 32, "n_latent": 6}
 
@@ -90,7 +93,7 @@ def test_sparse_likelihood_and_encoder_input_equal_the_dense_ones(likelihood):
 def test_tfidf_encoder_input_matches_pp_tfidf():
     X = np.random.default_rng(0).poisson(0.2, size=(30, 40)).astype(np.float32)
     X[0] = 0  # an empty cell must not divide by zero
-    idf = ct.models._reference.compute_idf(X)
+    idf = compute_idf(X)
     module = PeakVAEModule(40, idf=idf, n_hidden=8, n_latent=2)
     ours = module._encoder_input(torch.as_tensor(X)).numpy()
     expected, idf2 = ct.pp.tfidf_matrix(X, idf)

@@ -129,7 +129,7 @@ def test_blockwise_helpers_equal_whole_matrix_results(tmp_path, monkeypatch):
     backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r").X
     monkeypatch.setattr(_backed, "BLOCK_NNZ", 200)
     assert _backed.block_rows(backed) < 50
-    from chromtools.models._reference import compute_idf
+    from chromtools.models._input_checks import compute_idf
 
     np.testing.assert_array_equal(compute_idf(backed), compute_idf(X))
     S = sp.random(60, 40, density=0.05, format="csr", random_state=2)

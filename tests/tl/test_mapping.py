@@ -13,7 +13,7 @@ import torch
 
 import chromtools as ct
 from chromtools.models import freeze_for_surgery, reference_state_dict
-from chromtools.tl._mapping import feature_indexer
+from chromtools.tl._query_alignment import feature_indexer
 
 SMALL = {"n_hidden": 32, "n_latent": 6}
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,12 +6,13 @@ from chromtools._lazy import attach
 
 if TYPE_CHECKING:  # names load on first access, so torch and scvi-tools import only when used
     from ._arches import freeze_for_surgery, frozen_weight_drift, reference_state_dict, surgery_ready_kwargs
-    from ._reference import PeakVAEModule, check_saved_reference
-    from ._ssvae import PeakSCANVI
+    from ._peak_scanvi import PeakSCANVI
+    from ._peak_trvae import PeakTRVAE
+    from ._peak_vae import PeakVAEModule
+    from ._saved_models import check_saved_reference
     from ._track_data import input_transform
     from ._track_denoiser import TrackDenoiser
     from ._track_peaks import PeakStream, drop_blacklisted, score_peaks
-    from ._trvae import PeakTRVAE
     from ._vrnn import VRNN
     from ._vrnn_module import VRNNModule
 
@@ -19,12 +20,13 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     {
         "_arches": ["freeze_for_surgery", "frozen_weight_drift", "reference_state_dict", "surgery_ready_kwargs"],
-        "_reference": ["PeakVAEModule", "check_saved_reference"],
-        "_ssvae": ["PeakSCANVI"],
+        "_peak_scanvi": ["PeakSCANVI"],
+        "_peak_vae": ["PeakVAEModule"],
         "_track_data": ["input_transform"],
         "_track_denoiser": ["TrackDenoiser"],
         "_track_peaks": ["PeakStream", "drop_blacklisted", "score_peaks"],
-        "_trvae": ["PeakTRVAE"],
+        "_peak_trvae": ["PeakTRVAE"],
+        "_saved_models": ["check_saved_reference"],
         "_vrnn": ["VRNN"],
         "_vrnn_module": ["VRNNModule"],
     },

@@ -113,7 +113,7 @@ def _reference_arrays(
     store = None
     registry: dict = {}
     if isinstance(reference, str | os.PathLike):
-        from chromtools.models._reference import check_saved_reference
+        from chromtools.models._saved_models import check_saved_reference
 
         attrs = check_saved_reference(reference)
         store = attrs.get("reference_")
@@ -452,7 +452,7 @@ def transfer_labels(
         msg = f"novelty_quantile must be in (0, 1], got {novelty_quantile}."
         raise ValueError(msg)
     if copy:
-        from chromtools.tl._mapping import _refuse_backed_copy
+        from chromtools.tl._map_query import _refuse_backed_copy
 
         _refuse_backed_copy(query, "transfer_labels")
         query = query.copy()
