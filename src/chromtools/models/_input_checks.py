@@ -6,14 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-
-def _layer_matrix(adata: AnnData, layer: str | None):
-    if layer is None:
-        return adata.X
-    if layer not in adata.layers:
-        msg = f"AnnData has no layer '{layer}' (layers: {list(adata.layers)}); pass layer=None to use X."
-        raise KeyError(msg)
-    return adata.layers[layer]
+from chromtools._utils import get_layer, idf
 
 
 def check_count_matrix(adata: AnnData, layer: str | None, *, what: str = "data") -> None:
@@ -26,7 +19,7 @@ def check_count_matrix(adata: AnnData, layer: str | None, *, what: str = "data")
     """
     from chromtools.models._backed import is_lazy_matrix, sample_values
 
-    X = _layer_matrix(adata, layer)
+    X = get_layer(adata, layer)
     where = f"layers['{layer}']" if layer is not None else "X"
     if is_lazy_matrix(X):  # backed / lazily loaded: a few row blocks spread over the file
         from chromtools.models._backed import check_rows_readable
@@ -60,7 +53,7 @@ def check_count_matrix(adata: AnnData, layer: str | None, *, what: str = "data")
 def compute_idf(X) -> np.ndarray:
     """Inverse document frequency of each peak, ``log(1 + n_cells / (1 + n_cells_open))``.
 
-    A backed or lazily loaded ``X`` is read in row blocks (:mod:`chromtools.models._backed`).
+    A backed or lazily loaded ``X`` is read in row blocks (as :func:`chromtools.models.is_lazy_matrix` tells).
     """
     from chromtools.models._backed import column_open_counts, is_lazy_matrix
 
@@ -71,4 +64,4 @@ def compute_idf(X) -> np.ndarray:
         n_open = np.asarray((X > 0).sum(axis=0)).ravel()
     else:
         n_open = (np.asarray(X) > 0).sum(axis=0)
-    return np.log1p(n / (1.0 + n_open)).astype(np.float32)
+    return idf(n_open, n)

@@ -17,18 +17,12 @@ import numpy as np
 from anndata import AnnData
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin, VAEMixin
 
+from chromtools._utils import quiet_lightning, quiet_scvi, quiet_training_warnings, seed_all
 from chromtools.models._distributed import BestWeights
 from chromtools.models._input_checks import compute_idf
-from chromtools.models._peak_training import (
-    ModuleModeCallback,
-    PeakTrainingPlan,
-    _quiet_lightning,
-    _seed_everything,
-    _silence_training_warnings,
-    default_max_epochs,
-)
+from chromtools.models._peak_training import ModuleModeCallback, PeakTrainingPlan, default_max_epochs
 from chromtools.models._peak_vae import BATCH_KEY, LABELS_KEY, X_KEY, PeakVAEModule
-from chromtools.models._saved_models import MODEL_FORMAT_VERSION, check_saved_reference
+from chromtools.models._saved_models import check_saved_reference, set_model_format
 
 
 class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -44,8 +38,6 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
     _training_plan_cls = PeakTrainingPlan
 
     def _init_common(self, adata, module_kwargs: dict, n_labels: int) -> None:
-        from chromtools import __version__
-
         n_batch = self.summary_stats.n_batch
         idf = None
         if adata is not None and module_kwargs.get("input_transform", "tfidf") == "tfidf":
@@ -53,8 +45,7 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         self.module = self._module_cls(
             n_input=self.summary_stats.n_vars, n_batch=n_batch, n_labels=n_labels, idf=idf, **module_kwargs
         )
-        self.chromtools_version_ = __version__
-        self.chromtools_format_ = MODEL_FORMAT_VERSION
+        set_model_format(self)
         if not hasattr(self, "reference_"):
             self.reference_ = None
 
@@ -113,8 +104,8 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         **trainer_kwargs
             Further arguments of :class:`~scvi.train.Trainer`.
         """
-        _seed_everything(random_state)
-        _quiet_lightning()
+        seed_all(random_state)
+        quiet_lightning(logging.ERROR)
         if max_epochs is None:
             max_epochs = default_max_epochs(self.adata.n_obs)
         plan = {"lr": lr, "weight_decay": weight_decay, "n_epochs_kl_warmup": n_epochs_kl_warmup}
@@ -131,12 +122,7 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
                 )
             )
             callbacks.append(BestWeights(early_stopping_monitor))
-        ctx = _silence_training_warnings()
-        import scvi
-
-        verbosity = scvi.settings.verbosity
-        scvi.settings.verbosity = logging.WARNING
-        try:
+        with quiet_training_warnings(), quiet_scvi():
             super().train(
                 max_epochs=max_epochs,
                 accelerator=accelerator,
@@ -150,9 +136,6 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
                 check_val_every_n_epoch=1,
                 **trainer_kwargs,
             )
-        finally:
-            scvi.settings.verbosity = verbosity
-            ctx.__exit__(None, None, None)
         self.module.eval()
         return self
 

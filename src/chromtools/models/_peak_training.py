@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import warnings
 from typing import Literal
 
 import torch
@@ -56,22 +54,6 @@ class PeakTrainingPlan(DistributedSafeLogging):
                 self.log("accuracy_validation", acc, on_epoch=True, batch_size=int(known.sum()))
 
 
-def _quiet_lightning() -> None:
-    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-
-
-def _silence_training_warnings():
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    from lightning.pytorch.utilities.warnings import PossibleUserWarning
-
-    warnings.filterwarnings("ignore", category=PossibleUserWarning)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    return ctx
-
-
 def trained_epochs(model) -> int:
     """Number of epochs a model (chromtools or scvi-tools) was trained for, from its history."""
     hist = getattr(model, "history", None) or {}
@@ -84,10 +66,3 @@ def trained_epochs(model) -> int:
 def default_max_epochs(n_obs: int, *, cap: int = 200, floor: int = 20) -> int:
     """Epoch budget by data size: about 1.5 million cell passes, between ``floor`` and ``cap``."""
     return int(min(cap, max(floor, round(1_500_000 / max(n_obs, 1)))))
-
-
-def _seed_everything(seed: int | None) -> None:
-    import scvi
-
-    if seed is not None:
-        scvi.settings.seed = int(seed)

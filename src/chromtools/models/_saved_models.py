@@ -10,6 +10,18 @@ import torch
 MODEL_FORMAT_VERSION = 1
 
 
+def set_model_format(model) -> None:
+    """Record chromtools' version and saved-model format on ``model`` (any scvi-tools model).
+
+    Saved with the model, they let :func:`check_saved_reference` refuse the model when a later
+    chromtools cannot read it.
+    """
+    from chromtools import __version__
+
+    model.chromtools_version_ = __version__
+    model.chromtools_format_ = MODEL_FORMAT_VERSION
+
+
 def read_saved_attributes(dir_path: str | os.PathLike, prefix: str | None = None) -> dict:
     """The ``attr_dict`` of a model saved by scvi-tools' ``save`` (without building the model)."""
     path = os.path.join(str(dir_path), f"{prefix or ''}model.pt")

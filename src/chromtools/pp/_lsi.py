@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from chromtools._docs import doc_params
 from chromtools._utils import get_modality
+from chromtools._utils import idf as inverse_document_frequency
 
 from ._align import Matching
 
@@ -41,8 +42,7 @@ def tfidf_matrix(X, idf: np.ndarray | None = None, *, scale_factor: float = 1e4)
     X.data[:] = 1.0
     n_open = np.asarray(X.sum(axis=1)).ravel()
     if idf is None:
-        df = np.asarray(X.sum(axis=0)).ravel()
-        idf = np.log1p(X.shape[0] / (1.0 + df)).astype(np.float32)
+        idf = inverse_document_frequency(np.asarray(X.sum(axis=0)).ravel(), X.shape[0])
     tf = sp.diags(1.0 / np.maximum(n_open, 1.0)).astype(np.float32) @ X
     out = (tf @ sp.diags(np.asarray(idf, np.float32))).tocsr()
     out.data = np.log1p(out.data * scale_factor).astype(np.float32)

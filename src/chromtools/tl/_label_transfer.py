@@ -113,7 +113,7 @@ def _reference_arrays(
     store = None
     registry: dict = {}
     if isinstance(reference, str | os.PathLike):
-        from chromtools.models._saved_models import check_saved_reference
+        from chromtools.models import check_saved_reference
 
         attrs = check_saved_reference(reference)
         store = attrs.get("reference_")

@@ -11,7 +11,7 @@ import numpy as np
 
 from chromtools._docs import doc_params
 from chromtools._utils import get_modality
-from chromtools.models._backed import is_lazy_matrix
+from chromtools.models import is_lazy_matrix
 from chromtools.tl._query_alignment import MIN_FEATURE_OVERLAP, Matching, OverlapRule, _align_anndata
 from chromtools.tl._reference_models import _resolve_reference
 from chromtools.tl._surgery import _surgery

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import pandas as pd
 
-from chromtools.models._backed import is_lazy_matrix
+from chromtools._utils import get_layer
+from chromtools.models import Scratch, check_count_matrix, is_lazy_matrix, rows_as_csr_dataset
 from chromtools.pp import align_features, feature_map
 
 if TYPE_CHECKING:
@@ -57,14 +58,12 @@ def _align_anndata(
 
     A backed query stays on disk: when its features are the reference's, in order, the aligned
     AnnData reads the query's own matrix; otherwise the aligned counts are written block by
-    block to a scratch HDF5 file (:class:`chromtools.models._backed.Scratch`).
+    block to a scratch HDF5 file (:class:`chromtools.models.Scratch`).
     """
     from anndata import AnnData
 
-    from chromtools.models._input_checks import _layer_matrix, check_count_matrix
-
     check_count_matrix(adata, layer, what=what)
-    counts = _layer_matrix(adata, layer)
+    counts = get_layer(adata, layer)
     lazy = is_lazy_matrix(counts)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -90,9 +89,6 @@ def _align_anndata(
     obs = pd.DataFrame(index=adata.obs_names.copy())
     var = pd.DataFrame(index=reference_names.copy())
     if lazy:
-        from chromtools.models._backed import Scratch, check_rows_readable, rows_as_csr_dataset
-
-        check_rows_readable(counts, what)
         if _is_identity(S):
             X, scratch = rows_as_csr_dataset(counts, scratch_dir, what=what)
         else:

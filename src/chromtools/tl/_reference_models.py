@@ -69,8 +69,7 @@ def _find_model_class(name: str) -> type:
 def _resolve_reference(reference) -> _Reference:
     from scvi.model.base import ArchesMixin, BaseModelClass
 
-    from chromtools.models._arches import reference_state_dict
-    from chromtools.models._saved_models import check_saved_reference
+    from chromtools.models import check_saved_reference, reference_state_dict
 
     if isinstance(reference, str | os.PathLike):
         path = str(reference)

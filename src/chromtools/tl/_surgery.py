@@ -8,8 +8,15 @@ from typing import Any
 
 import pandas as pd
 
-from chromtools._utils import log_time
-from chromtools.models._peak_training import trained_epochs
+from chromtools._utils import log_time, quiet_lightning, quiet_scvi, quiet_training_warnings, seed_all
+from chromtools.models import (
+    ModuleModeCallback,
+    PeakReferenceModel,
+    default_max_epochs,
+    freeze_for_surgery,
+    frozen_weight_drift,
+    trained_epochs,
+)
 from chromtools.tl._query_obs import _copy_obsm_fields, _fill_obs
 from chromtools.tl._reference_models import _Reference
 
@@ -19,14 +26,6 @@ logger = logging.getLogger(__name__)
 def _train_query(
     qm, ref: _Reference, *, max_epochs, lr, batch_size, early_stopping, accelerator, devices, random_state, progress
 ):
-    from chromtools.models._peak_reference_model import PeakReferenceModel
-    from chromtools.models._peak_training import (
-        ModuleModeCallback,
-        _quiet_lightning,
-        _silence_training_warnings,
-        default_max_epochs,
-    )
-
     n_obs = qm.adata.n_obs
     if isinstance(qm, PeakReferenceModel):
         qm.train(
@@ -43,10 +42,8 @@ def _train_query(
             module_mode="eval",
         )
         return
-    import scvi
-
-    _quiet_lightning()
-    scvi.settings.seed = int(random_state)
+    quiet_lightning(logging.ERROR)
+    seed_all(random_state)
     params = inspect.signature(qm.train).parameters
     kwargs: dict[str, Any] = {
         "max_epochs": max_epochs or default_max_epochs(n_obs, cap=200),
@@ -68,11 +65,8 @@ def _train_query(
     kwargs["early_stopping"] = early_stopping
     if early_stopping:
         kwargs["check_val_every_n_epoch"] = 1
-    ctx = _silence_training_warnings()
-    try:
+    with quiet_training_warnings():
         qm.train(**kwargs)
-    finally:
-        ctx.__exit__(None, None, None)
     qm.module.eval()
 
 
@@ -102,9 +96,6 @@ def _surgery(
     progress,
 ):
     """Fill the aligned query's obs, build the query model by surgery and train its new batch parameters."""
-    from chromtools.models._arches import freeze_for_surgery, frozen_weight_drift
-    from chromtools.models._peak_training import _silence_training_warnings
-
     ref_batch_key, new_batches = _fill_obs(aligned, source_obs, ref, batch_key)
     if not ref.is_mudata:
         _copy_obsm_fields(aligned, target, ref)
@@ -115,22 +106,15 @@ def _surgery(
 
     # -- surgery -----------------------------------------------------------------------------
     source = ref.source
-    ctx = _silence_training_warnings()
-    try:
-        with log_time(f"Surgery of {ref.cls.__name__} for {aligned.n_obs} query cells", logger):
-            import scvi
-
-            verbosity = scvi.settings.verbosity
-            scvi.settings.verbosity = logging.WARNING
-            scvi.settings.seed = int(random_state)  # the new batch parameters' initial values
-            try:
-                qm = ref.cls.load_query_data(
-                    aligned, source, freeze_dropout=True, accelerator=accelerator, device=_single_device(devices)
-                )
-            finally:
-                scvi.settings.verbosity = verbosity
-    finally:
-        ctx.__exit__(None, None, None)
+    with (
+        quiet_training_warnings(),
+        log_time(f"Surgery of {ref.cls.__name__} for {aligned.n_obs} query cells", logger),
+        quiet_scvi(),
+    ):
+        seed_all(random_state)  # the new batch parameters' initial values
+        qm = ref.cls.load_query_data(
+            aligned, source, freeze_dropout=True, accelerator=accelerator, device=_single_device(devices)
+        )
     table = freeze_for_surgery(qm, ref.state)
     n_trainable = int(table["n_trainable"].sum())
     if n_trainable == 0:

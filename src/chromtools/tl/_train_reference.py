@@ -8,10 +8,16 @@ from typing import TYPE_CHECKING, Any, Literal
 import pandas as pd
 
 from chromtools._docs import doc_params
-from chromtools._utils import get_modality, log_time
-from chromtools.models._arches import surgery_ready_kwargs
-from chromtools.models._backed import is_lazy_matrix
-from chromtools.models._peak_training import trained_epochs
+from chromtools._utils import get_layer, get_modality, log_time, quiet_lightning, quiet_training_warnings, seed_all
+from chromtools.models import (
+    ModuleModeCallback,
+    check_count_matrix,
+    is_lazy_matrix,
+    rows_as_csr_dataset,
+    set_model_format,
+    surgery_ready_kwargs,
+    trained_epochs,
+)
 from chromtools.tl._reference_models import _model_classes, _scvi_class
 
 if TYPE_CHECKING:
@@ -116,12 +122,7 @@ def train_reference(
     if model not in REFERENCE_KINDS:
         msg = f"model must be one of {REFERENCE_KINDS}, got {model!r}."
         raise ValueError(msg)
-    import scvi
-
-    from chromtools.models._input_checks import check_count_matrix
-    from chromtools.models._peak_training import _quiet_lightning, _silence_training_warnings
-
-    _quiet_lightning()
+    quiet_lightning(logging.ERROR)
     if model == "multivi":
         if not isinstance(data, MuData):
             msg = "model='multivi' needs a MuData with 'rna' and 'atac' modalities."
@@ -153,73 +154,63 @@ def train_reference(
     # out of core: set the model up on a light AnnData sharing the on-disk counts
     work, scratch = target, None
     if model != "multivi":
-        from chromtools.models._input_checks import _layer_matrix
-
-        counts = _layer_matrix(target, layer)
+        counts = get_layer(target, layer)
         if is_lazy_matrix(counts):
             work, scratch = _light_anndata(target, counts, layer, what="reference")
-    scvi.settings.seed = int(random_state)
-    ctx = _silence_training_warnings()
+    seed_all(random_state)
     try:
-        if model in ("peakscanvi", "peaktrvae"):
-            cls = _model_classes()[model]
-            setup = {"layer": layer, "batch_key": batch_key}
-            if model == "peakscanvi":
-                if labels_key is None:
-                    msg = "model='peakscanvi' learns from labels: pass labels_key=<obs column of cell types>."
-                    raise ValueError(msg)
-                setup.update(labels_key=labels_key, unlabeled_category=unlabeled_category)
-            cls.setup_anndata(work, **setup)
-            ref_model = cls(work, **model_kwargs)
-            with log_time(f"Training {cls.__name__} reference on {target.n_obs} cells", logger):
-                ref_model.train(
-                    max_epochs=max_epochs,
-                    accelerator=accelerator,
-                    devices=devices,
-                    random_state=random_state,
-                    progress=progress,
-                    **train_kwargs,
-                )
-        else:
-            cls = _scvi_class(model)
-            kwargs = {**surgery_ready_kwargs(model), **model_kwargs}
-            if model == "multivi":
-                cls.setup_mudata(
-                    target,
-                    rna_layer=rna_layer,
-                    atac_layer=layer,
-                    batch_key=batch_key,
-                    modalities={"rna_layer": "rna", "atac_layer": "atac"},
-                )
-                ref_model = cls(target, **kwargs)
+        with quiet_training_warnings():
+            if model in ("peakscanvi", "peaktrvae"):
+                cls = _model_classes()[model]
+                setup = {"layer": layer, "batch_key": batch_key}
+                if model == "peakscanvi":
+                    if labels_key is None:
+                        msg = "model='peakscanvi' learns from labels: pass labels_key=<obs column of cell types>."
+                        raise ValueError(msg)
+                    setup.update(labels_key=labels_key, unlabeled_category=unlabeled_category)
+                cls.setup_anndata(work, **setup)
+                ref_model = cls(work, **model_kwargs)
+                with log_time(f"Training {cls.__name__} reference on {target.n_obs} cells", logger):
+                    ref_model.train(
+                        max_epochs=max_epochs,
+                        accelerator=accelerator,
+                        devices=devices,
+                        random_state=random_state,
+                        progress=progress,
+                        **train_kwargs,
+                    )
             else:
-                check_count_matrix(work, layer)
-                cls.setup_anndata(work, batch_key=batch_key, layer=layer)
-                ref_model = cls(work, **kwargs)
-            from chromtools.models._peak_training import ModuleModeCallback
-
-            callbacks = [*train_kwargs.pop("callbacks", []), ModuleModeCallback("train")]
-            with log_time(f"Training {cls.__name__} reference on {target.n_obs} cells", logger):
-                ref_model.train(
-                    max_epochs=max_epochs or 200,
-                    accelerator=accelerator,
-                    devices=devices,
-                    enable_progress_bar=progress,
-                    callbacks=callbacks,
-                    **train_kwargs,
-                )
-            ref_model.module.eval()
-            from chromtools import __version__
-            from chromtools.models._saved_models import MODEL_FORMAT_VERSION
-
-            ref_model.chromtools_version_ = __version__
-            ref_model.chromtools_format_ = MODEL_FORMAT_VERSION
+                cls = _scvi_class(model)
+                kwargs = {**surgery_ready_kwargs(model), **model_kwargs}
+                if model == "multivi":
+                    cls.setup_mudata(
+                        target,
+                        rna_layer=rna_layer,
+                        atac_layer=layer,
+                        batch_key=batch_key,
+                        modalities={"rna_layer": "rna", "atac_layer": "atac"},
+                    )
+                    ref_model = cls(target, **kwargs)
+                else:
+                    check_count_matrix(work, layer)
+                    cls.setup_anndata(work, batch_key=batch_key, layer=layer)
+                    ref_model = cls(work, **kwargs)
+                callbacks = [*train_kwargs.pop("callbacks", []), ModuleModeCallback("train")]
+                with log_time(f"Training {cls.__name__} reference on {target.n_obs} cells", logger):
+                    ref_model.train(
+                        max_epochs=max_epochs or 200,
+                        accelerator=accelerator,
+                        devices=devices,
+                        enable_progress_bar=progress,
+                        callbacks=callbacks,
+                        **train_kwargs,
+                    )
+                ref_model.module.eval()
+                set_model_format(ref_model)
     except BaseException:
         if scratch is not None:
             scratch.close()
         raise
-    finally:
-        ctx.__exit__(None, None, None)
     if scratch is not None:  # the on-disk copy lives as long as the model that reads it
         ref_model._chromtools_scratch = scratch
     latent = ref_model.get_latent_representation()
@@ -248,8 +239,6 @@ def _light_anndata(adata: AnnData, counts, layer: str | None, *, what: str, scra
     """
     from anndata import AnnData
 
-    from chromtools.models._backed import rows_as_csr_dataset
-
     matrix, scratch = rows_as_csr_dataset(counts, scratch_dir, what=what)
     light = AnnData(X=matrix if layer is None else None, obs=adata.obs.copy(), var=adata.var.copy())
     if layer is not None:
@@ -259,10 +248,8 @@ def _light_anndata(adata: AnnData, counts, layer: str | None, *, what: str, scra
 
 def _refuse_lazy_mudata(mdata: MuData, layers: dict[str, str | None]) -> None:
     """Multimodal models need their modalities in memory: refuse backed ones with the fix."""
-    from chromtools.models._input_checks import _layer_matrix
-
     for name, layer in layers.items():
-        if name in mdata.mod and is_lazy_matrix(_layer_matrix(mdata.mod[name], layer)):
+        if name in mdata.mod and is_lazy_matrix(get_layer(mdata.mod[name], layer)):
             msg = (
                 f"Modality '{name}' is backed (on disk); multimodal references (MULTIVI, TOTALVI) map in memory "
                 f"only. Load it first: mdata.mod['{name}'] = mdata.mod['{name}'].to_memory(), or map the ATAC "
