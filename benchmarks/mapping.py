@@ -38,10 +38,12 @@ shared: CPU seconds are the fairer speed measure).
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -140,9 +142,11 @@ def chromtools_run(ref, query, seed: int, model_kwargs: dict, unknown=None):
     import chromtools as ct
 
     r, q = ref.copy(), query.copy()
+    model = Path(tempfile.mkdtemp(prefix="chromtools_reference_"))  # the saved reference, removed at exit
+    atexit.register(shutil.rmtree, model, ignore_errors=True)
     with Clock() as t_ref:
-        model = ct.tl.train_reference(
-            r, "batch", LABEL, random_state=seed, max_epochs=epochs(None), model_kwargs=model_kwargs
+        ct.tl.train_reference(
+            r, "batch", LABEL, model_dir=model, random_state=seed, max_epochs=epochs(None), model_kwargs=model_kwargs
         )
     with Clock() as t_q:
         ct.tl.map_query(q, model, random_state=seed, max_epochs=epochs(None))

@@ -26,7 +26,8 @@ def files(tmp_path_factory):
     del sim.layers["counts"]
     sim[sim.obs["batch"] == "batch_1"].copy().write_h5ad(folder / "query.h5ad")
     ref = sim[sim.obs["batch"] == "batch_0"].copy()
-    model = ct.tl.train_reference(ref.copy(), "batch", "cell_type", max_epochs=1, model_kwargs=SMALL)
+    model = folder / "reference"
+    ct.tl.train_reference(ref.copy(), "batch", "cell_type", max_epochs=1, model_kwargs=SMALL, model_dir=model)
     return folder, ref, model
 
 
@@ -45,13 +46,17 @@ def test_backed_inputs_that_cannot_stay_bounded_are_refused_with_the_fix(files, 
     csc.X = sp.csc_matrix(csc.X)
     csc.write_h5ad(tmp_path / "csc.h5ad")
     with pytest.raises(ValueError, match="tocsr"):
-        ct.tl.train_reference(ad.read_h5ad(tmp_path / "csc.h5ad", backed="r"), "batch", "cell_type", max_epochs=1)
+        ct.tl.train_reference(
+            ad.read_h5ad(tmp_path / "csc.h5ad", backed="r"), "batch", "cell_type", max_epochs=1, model_dir=tmp_path
+        )
     # normalised values are caught on the sampled blocks
     norm = ref_mem.copy()
     norm.X = norm.X.astype(np.float32) * 0.37
     norm.write_h5ad(tmp_path / "norm.h5ad")
     with pytest.raises(ValueError, match="non-integer"):
-        ct.tl.train_reference(ad.read_h5ad(tmp_path / "norm.h5ad", backed="r"), "batch", "cell_type", max_epochs=1)
+        ct.tl.train_reference(
+            ad.read_h5ad(tmp_path / "norm.h5ad", backed="r"), "batch", "cell_type", max_epochs=1, model_dir=tmp_path
+        )
     with pytest.raises(ValueError, match="non-integer"):
         ct.tl.map_query(ad.read_h5ad(tmp_path / "norm.h5ad", backed="r"), model, max_epochs=1)
 

@@ -38,6 +38,7 @@ def tfidf_matrix(X, idf: np.ndarray | None = None, *, scale_factor: float = 1e4)
     -------
     The TF-IDF matrix (CSR, float32) and the IDF used.
     """
+    # Ours, not muon.atac.pp.tfidf: muon's IDF is n_cells / n_counts of unbinarised counts, another transform.
     X = sp.csr_matrix(X, dtype=np.float32, copy=True)
     X.data[:] = 1.0
     n_open = np.asarray(X.sum(axis=1)).ravel()
@@ -98,6 +99,8 @@ def lsi(
     ``varm[key_added]`` (loadings) and ``uns[key_added]`` (``idf``, ``singular_values``,
     ``params``).
     """
+    # Ours, not muon.atac.tl.lsi: muon runs an unseeded ARPACK SVD on adata.X with standardised
+    # embeddings and no projection of a query, so its coordinates differ from these.
     from sklearn.utils.extmath import randomized_svd
 
     if copy:

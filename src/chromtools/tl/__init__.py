@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # names load on first access, so torch and scvi-tools import 
     from ._map_query import map_query
     from ._pairs import TrainingPair, training_pair
     from ._peaks import PeakStream, call_peaks
+    from ._reference_models import load_model
     from ._train_reference import train_reference
     from ._vrnn_cluster import vrnn_cluster
     from ._vrnn_export import vrnn_export
@@ -25,6 +26,7 @@ __getattr__, __dir__, __all__ = attach(
         "_map_query": ["map_query"],
         "_pairs": ["TrainingPair", "training_pair"],
         "_peaks": ["PeakStream", "call_peaks"],
+        "_reference_models": ["load_model"],
         "_train_reference": ["train_reference"],
         "_vrnn_cluster": ["vrnn_cluster"],
         "_vrnn_export": ["vrnn_export"],

@@ -452,7 +452,7 @@ def transfer_labels(
         msg = f"novelty_quantile must be in (0, 1], got {novelty_quantile}."
         raise ValueError(msg)
     if copy:
-        from chromtools.tl._map_query import _refuse_backed_copy
+        from chromtools.tl._train_reference import _refuse_backed_copy
 
         _refuse_backed_copy(query, "transfer_labels")
         query = query.copy()

@@ -13,9 +13,9 @@ from chromtools._docs import doc_params
 from chromtools._utils import get_modality
 from chromtools.models import is_lazy_matrix
 from chromtools.tl._query_alignment import MIN_FEATURE_OVERLAP, Matching, OverlapRule, _align_anndata
-from chromtools.tl._reference_models import _resolve_reference
+from chromtools.tl._reference_models import _check_model_dir, _resolve_reference, _save_model
 from chromtools.tl._surgery import _surgery
-from chromtools.tl._train_reference import _refuse_lazy_mudata
+from chromtools.tl._train_reference import _refuse_backed_copy, _refuse_lazy_mudata
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -41,14 +41,14 @@ def map_query(
     feature_matching: Matching = "auto",
     overlap_rule: OverlapRule = "sum",
     key_added: str = "X_reference",
-    return_model: bool = False,
+    model_dir: str | os.PathLike | None = None,
     scratch_dir: str | os.PathLike | None = None,
     accelerator: str = "auto",
     devices: int | str | list[int] = "auto",
     random_state: int = 0,
     progress: bool = False,
     copy: bool = False,
-):
+) -> AnnData | MuData | None:
     """Map query cells onto a reference model by architecture surgery (scArches).
 
     The query's features are aligned to the reference's (reordered; missing peaks filled with
@@ -107,8 +107,10 @@ def map_query(
     key_added
         ``obsm`` key of the query latent space (use the key of the reference's latent space so
         that both can be joined).
-    return_model
-        Also return the query model (e.g. to save it or to predict with its classifier).
+    model_dir
+        Folder to save the query model to (the reference with the query's batches added), e.g.
+        to predict with its classifier: ``ct.tl.load_model(model_dir, query).predict()``
+        (:func:`chromtools.tl.load_model`). ``None``: the query model is not kept.
     scratch_dir
         Folder for the on-disk copy of a backed query whose features are not the reference's,
         in order (see Notes); default the system temporary folder (``TMPDIR``).
@@ -120,8 +122,7 @@ def map_query(
 
     Returns
     -------
-    ``None`` (or the copy with ``copy=True``; plus the query model with ``return_model=True``).
-    Writes to the query (the MuData for multimodal references, else the mapped modality):
+    ``None``, or the copy of the query with ``copy=True``. Writes to the query (the MuData for multimodal references, else the mapped modality):
 
     ``obsm['X_reference' | key_added]``
         Query cells in the reference latent space.
@@ -139,10 +140,9 @@ def map_query(
     encoding read one minibatch at a time (scvi-tools' data loader); the count check reads a
     sample of row blocks. When the query's features are the reference's, in order, nothing is
     copied; otherwise the aligned counts are written block by block to a scratch HDF5 file in
-    ``scratch_dir`` (removed when the call returns, or with the query model when
-    ``return_model=True``). Results go to the query's ``obsm``/``uns`` in memory; a file opened
-    read-only is not modified, so write them out yourself (``query.write_h5ad(new_path)``, or
-    save ``query.obsm[key_added]``). ``copy=True`` and multimodal references are refused for a
+    ``scratch_dir`` (removed when the call returns). Results go to the query's ``obsm``/``uns``
+    in memory; a file opened read-only is not modified, so write them out yourself
+    (``query.write_h5ad(new_path)``, or save ``query.obsm[key_added]``). ``copy=True`` and multimodal references are refused for a
     backed query (they would load it).
     """
     from anndata import AnnData
@@ -151,6 +151,8 @@ def map_query(
     if scratch_dir is not None and not os.path.isdir(scratch_dir):
         msg = f"scratch_dir '{scratch_dir}' is not an existing folder; create it or pass None (the system temp folder)."
         raise FileNotFoundError(msg)
+    if model_dir is not None:
+        _check_model_dir(model_dir)
     if copy:
         _refuse_backed_copy(query, "map_query")
         query = query.copy()
@@ -236,11 +238,11 @@ def map_query(
             progress=progress,
         )
         latent = qm.get_latent_representation()
+        if model_dir is not None:
+            _save_model(qm, model_dir)
     finally:
-        if scratch is not None and not return_model:
+        if scratch is not None:  # the scratch copy is read until the query is encoded and its model saved
             scratch.close()
-    if scratch is not None:  # the scratch copy lives as long as the query model that reads it
-        qm._chromtools_scratch = scratch
     identical = bool(drift["identical"].all())
     if not identical:
         moved = drift.loc[~drift["identical"], "tensor"].tolist()
@@ -266,6 +268,7 @@ def map_query(
             "overlap_rule": overlap_rule,
             "random_state": random_state,
             "out_of_core": isinstance(aligned, AnnData) and is_lazy_matrix(aligned.X),
+            "model_dir": None if model_dir is None else str(model_dir),
         },
         "features": align_info,
         "new_batches": list(new_batches),
@@ -276,19 +279,4 @@ def map_query(
         if len(drift)
         else 0.0,
     }
-    result = query if copy else None
-    if return_model:
-        return (result, qm) if copy else qm
-    return result
-
-
-def _refuse_backed_copy(data, func: str) -> None:
-    """``copy=True`` would load (or duplicate) a backed AnnData: refuse it with the fix."""
-    mods = getattr(data, "mod", {}) or {}
-    if bool(getattr(data, "isbacked", False)) or any(bool(getattr(m, "isbacked", False)) for m in mods.values()):
-        msg = (
-            f"{func}(copy=True) cannot copy a backed AnnData (it would load or duplicate the file). Use copy=False: "
-            "results are written to the object's obs/obsm in memory and the file is not modified; or load it "
-            "first with adata = adata.to_memory()."
-        )
-        raise ValueError(msg)
+    return query if copy else None

@@ -1,9 +1,13 @@
-"""Reference models as map_query sees them: the model classes, and a trained model or saved folder resolved."""
+"""Reference models of mapping: their classes, saving and loading a model folder, and a reference resolved for surgery."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -100,3 +104,63 @@ def _resolve_reference(reference) -> _Reference:
         msg = f"{cls.__name__} does not support architecture surgery (it has no ArchesMixin); use another reference model."
         raise TypeError(msg)
     return _Reference(cls=cls, source=source, registry=registry, var_names=var_names, state=state)
+
+
+def _check_model_dir(model_dir: str | os.PathLike) -> Path:
+    """The folder a model is saved to: an existing folder, or a new one in an existing folder."""
+    folder = Path(model_dir)
+    if folder.exists() and not folder.is_dir():
+        msg = f"model_dir '{folder}' is a file; pass a folder to save the model in."
+        raise NotADirectoryError(msg)
+    if not folder.parent.is_dir():
+        msg = f"The folder '{folder.parent}' of model_dir does not exist; create it first or pass another model_dir."
+        raise FileNotFoundError(msg)
+    return folder
+
+
+def _save_model(model, model_dir: str | os.PathLike) -> None:
+    """Save ``model`` (without its data) to ``model_dir``: written to a temporary folder inside it, then renamed.
+
+    A model already saved there is replaced; a failed save leaves it untouched.
+    """
+    folder = _check_model_dir(model_dir)
+    folder.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".saving.", dir=folder))
+    try:
+        model.save(str(tmp), overwrite=True, save_anndata=False)
+        for f in tmp.iterdir():
+            os.replace(f, folder / f.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_model(model_dir: str | os.PathLike, adata=None, *, accelerator: str = "auto", device: int | str = "auto"):
+    """Load a model that :func:`~chromtools.tl.train_reference` or :func:`~chromtools.tl.map_query` saved.
+
+    The model's class (a chromtools model such as :class:`~chromtools.models.PeakSCANVI`, or an
+    scvi-tools model such as PEAKVI or MULTIVI) is read from the folder, and a model saved by an
+    incompatible chromtools version is refused (:func:`chromtools.models.check_saved_reference`).
+
+    Parameters
+    ----------
+    model_dir
+        The folder given as ``model_dir=`` to :func:`~chromtools.tl.train_reference` or
+        :func:`~chromtools.tl.map_query`.
+    adata
+        Data to attach to the model (set up like the data it was trained on), e.g. the query to
+        predict on with :meth:`chromtools.models.PeakSCANVI.predict`; ``None`` loads the model
+        without data.
+    accelerator, device
+        Where to load the weights (scvi-tools' ``load`` arguments).
+
+    Returns
+    -------
+    The model.
+    """
+    from chromtools.models import check_saved_reference
+
+    attrs = check_saved_reference(model_dir)
+    cls = _find_model_class(attrs["registry_"]["model_name"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no saved anndata.*")
+        return cls.load(str(model_dir), adata=adata, accelerator=accelerator, device=device)

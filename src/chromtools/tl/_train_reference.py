@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import pandas as pd
@@ -18,7 +19,7 @@ from chromtools.models import (
     surgery_ready_kwargs,
     trained_epochs,
 )
-from chromtools.tl._reference_models import _model_classes, _scvi_class
+from chromtools.tl._reference_models import REFERENCE_KINDS, _check_model_dir, _model_classes, _save_model, _scvi_class
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ReferenceKind = Literal["peakscanvi", "peaktrvae", "peakvi", "poissonvi", "multivi"]
-REFERENCE_KINDS = ("peakscanvi", "peaktrvae", "peakvi", "poissonvi", "multivi")
 
 
 @doc_params
@@ -36,6 +36,7 @@ def train_reference(
     batch_key: str | None = None,
     labels_key: str | None = None,
     *,
+    model_dir: str | os.PathLike,
     model: ReferenceKind | None = None,
     layer: str | None = None,
     rna_layer: str | None = None,
@@ -50,8 +51,14 @@ def train_reference(
     devices: int | str | list[int] = "auto",
     random_state: int = 0,
     progress: bool = False,
-):
-    """Train a reference model on labelled chromatin data, ready for query mapping by surgery.
+    copy: bool = False,
+) -> AnnData | MuData | None:
+    """Train a reference model on labelled chromatin data and save it, ready for query mapping by surgery.
+
+    The trained model is saved to ``model_dir``; map queries onto it with
+    ``ct.tl.map_query(query, model_dir)``, transfer labels with
+    ``ct.tl.transfer_labels(query, model_dir, ...)``, and load it with
+    :func:`chromtools.tl.load_model` to use it directly.
 
     Parameters
     ----------
@@ -61,6 +68,9 @@ def train_reference(
     labels_key
         ``obs`` column of cell-type labels (used by ``'peakscanvi'`` for training, and stored in
         the model for label transfer).
+    model_dir
+        Folder the trained model is saved to (``model.pt``, created if needed; a model already
+        saved there is replaced). The data are not saved with it.
     model
         ``'peakscanvi'`` (semi-supervised, chromtools' default when labels are given),
         ``'peaktrvae'`` (MMD between batches, the default without labels), scvi-tools'
@@ -90,12 +100,17 @@ def train_reference(
     {devices}
     {random_state}
     {progress}
+    {copy}
 
     Returns
     -------
-    The trained model. Writes ``obsm['X_reference' | key_added]`` (latent space) and
-    ``uns[key_added]['params']`` into ``data`` (the MuData for ``'multivi'``, else the ATAC
-    modality).
+    ``None``, or the copy of ``data`` with ``copy=True``. Writes into ``data`` (the MuData for
+    ``'multivi'``, else the ATAC modality):
+
+    ``obsm['X_reference' | key_added]``
+        The reference cells in the latent space.
+    ``uns[key_added]['params']``
+        The parameters of the run, ``model_dir`` and the epochs trained (``n_epochs``).
 
     Notes
     -----
@@ -103,8 +118,8 @@ def train_reference(
     a lazily loaded matrix, e.g. ``AnnData(X=anndata.io.sparse_dataset(group))``): the counts stay
     on disk, minibatches are read by scvi-tools' data loader and every other pass (count check,
     IDF) reads row blocks, so memory is bounded by a block, not by the matrix. The model is then
-    set up on a light in-memory AnnData that shares the on-disk matrix (``model.adata``), so
-    scvi-tools' registration columns are not added to ``data.obs``. Results are written to
+    set up on a light in-memory AnnData that shares the on-disk matrix, so scvi-tools'
+    registration columns are not added to ``data.obs``. Results are written to
     ``data.obsm``/``data.uns`` in memory; a file opened read-only is not modified, so write them
     out yourself (e.g. ``data.write_h5ad(new_path)``). In backed mode anndata keeps only ``X`` on
     disk (layers are read into memory). A matrix stored as CSC on disk, and ``model='multivi'``,
@@ -112,6 +127,10 @@ def train_reference(
     """
     from mudata import MuData
 
+    _check_model_dir(model_dir)
+    if copy:
+        _refuse_backed_copy(data, "train_reference")
+        data = data.copy()
     model_kwargs = dict(model_kwargs or {})
     train_kwargs = dict(train_kwargs or {})
     if model is None:
@@ -207,13 +226,13 @@ def train_reference(
                     )
                 ref_model.module.eval()
                 set_model_format(ref_model)
-    except BaseException:
-        if scratch is not None:
+        latent = ref_model.get_latent_representation()
+        if store_labels and hasattr(ref_model, "store_reference"):
+            ref_model.store_reference(work, obs_keys=obs_keys)
+        _save_model(ref_model, model_dir)
+    finally:
+        if scratch is not None:  # the on-disk copy is read until the model is saved
             scratch.close()
-        raise
-    if scratch is not None:  # the on-disk copy lives as long as the model that reads it
-        ref_model._chromtools_scratch = scratch
-    latent = ref_model.get_latent_representation()
     target.obsm[key_added] = latent
     target.uns[key_added] = {
         "params": {
@@ -224,11 +243,10 @@ def train_reference(
             "random_state": random_state,
             "n_epochs": trained_epochs(ref_model),
             "out_of_core": work is not target,
+            "model_dir": str(model_dir),
         }
     }
-    if store_labels and hasattr(ref_model, "store_reference"):
-        ref_model.store_reference(work, obs_keys=obs_keys)
-    return ref_model
+    return data if copy else None
 
 
 def _light_anndata(adata: AnnData, counts, layer: str | None, *, what: str, scratch_dir=None):
@@ -268,3 +286,15 @@ def _pull_obs_columns(mdata: MuData, columns: list[str]) -> None:
                 mdata.obs[col] = ad.obs[col].reindex(mdata.obs_names).to_numpy()
                 logger.info("Copied obs column '%s' from modality '%s' to the MuData", col, name)
                 break
+
+
+def _refuse_backed_copy(data, func: str) -> None:
+    """``copy=True`` would load (or duplicate) a backed AnnData: refuse it with the fix."""
+    mods = getattr(data, "mod", {}) or {}
+    if bool(getattr(data, "isbacked", False)) or any(bool(getattr(m, "isbacked", False)) for m in mods.values()):
+        msg = (
+            f"{func}(copy=True) cannot copy a backed AnnData (it would load or duplicate the file). Use copy=False: "
+            "results are written to the object's obs/obsm in memory and the file is not modified; or load it "
+            "first with adata = adata.to_memory()."
+        )
+        raise ValueError(msg)
