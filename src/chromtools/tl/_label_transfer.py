@@ -31,7 +31,7 @@ APPROX_KNN_MIN_CELLS = 50_000
 _PYNNDESCENT_GRAPH_K = 30
 
 
-def resolve_knn_method(knn_method: KnnMethod, n_reference: int) -> str:
+def resolve_knn_method(knn_method: KnnMethod, n_reference: int) -> KnnMethod:
     """``'exact'`` or ``'pynndescent'``: ``'auto'`` picks pynndescent from :data:`APPROX_KNN_MIN_CELLS` cells."""
     if knn_method not in KNN_METHODS:
         msg = f"knn_method must be one of {KNN_METHODS}, got {knn_method!r}."
@@ -158,7 +158,7 @@ def _weights(dist: np.ndarray, weighting: Weighting) -> np.ndarray:
 
 
 def knn_label_probabilities(
-    reference_latent: np.ndarray,
+    reference_latent: np.ndarray | _KnnIndex,
     reference_labels,
     query_latent: np.ndarray,
     *,

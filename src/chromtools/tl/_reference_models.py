@@ -160,7 +160,7 @@ def load_model(model_dir: str | os.PathLike, adata=None, *, accelerator: str = "
     from chromtools.models import check_saved_reference
 
     attrs = check_saved_reference(model_dir)
-    cls = _find_model_class(attrs["registry_"]["model_name"])
+    cls: Any = _find_model_class(attrs["registry_"]["model_name"])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*no saved anndata.*")
         return cls.load(str(model_dir), adata=adata, accelerator=accelerator, device=device)
