@@ -321,7 +321,7 @@ def test_copy_and_determinism(sim, reference, tmp_path):
     model.save(tmp_path / "ref", overwrite=True)
     res = ct.tl.map_query(query, tmp_path / "ref", max_epochs=3, copy=True, model_dir=tmp_path / "q")
     np.testing.assert_array_equal(res.obsm["X_reference"], out.obsm["X_reference"])
-    qm = ct.tl.load_model(tmp_path / "q", res)
+    qm = ct.tl.load_model(tmp_path / "q")
     assert isinstance(qm, ct.models.PeakSCANVI) and res is not query
     assert res.uns["X_reference"]["params"]["model_dir"] == str(tmp_path / "q")
     # train_reference: copy=True returns a new object and leaves the input untouched

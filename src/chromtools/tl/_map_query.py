@@ -109,8 +109,8 @@ def map_query(
         that both can be joined).
     model_dir
         Folder to save the query model to (the reference with the query's batches added), e.g.
-        to predict with its classifier: ``ct.tl.load_model(model_dir, query).predict()``
-        (:func:`chromtools.tl.load_model`). ``None``: the query model is not kept.
+        to predict with its classifier; load it with :func:`chromtools.tl.load_model`.
+        ``None``: the query model is not kept.
     scratch_dir
         Folder for the on-disk copy of a backed query whose features are not the reference's,
         in order (see Notes); default the system temporary folder (``TMPDIR``).
