@@ -44,12 +44,21 @@ def _block(t: torch.Tensor, shape) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # surgery
 # ----------------------------------------------------------------------------------------------
-def test_surgery_trains_new_batch_rows_and_keeps_every_reference_tensor_bit_identical(sim, reference, tmp_path):
+def test_surgery_trains_new_batch_rows_and_keeps_every_reference_tensor_bit_identical(
+    sim, reference, tmp_path, monkeypatch
+):
+    from chromtools.tl import _surgery
+
     ref_adata, model = reference
     before = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
     query = sim[1].copy()
+    built = []  # the query model as surgery built it (dropout frozen in memory, not in the saved file)
+    freeze = _surgery.freeze_for_surgery
+    monkeypatch.setattr(_surgery, "freeze_for_surgery", lambda qm, state: built.append(qm) or freeze(qm, state))
     assert ct.tl.map_query(query, model, max_epochs=5, model_dir=tmp_path / "query_model") is None
-    qm = ct.tl.load_model(tmp_path / "query_model")
+    (qm,) = built
+    saved = ct.tl.load_model(tmp_path / "query_model")
+    assert all(torch.equal(v, saved.module.state_dict()[k]) for k, v in qm.module.state_dict().items())
     after = qm.module.state_dict()
     assert set(after) == set(before)
     grown = []
@@ -91,7 +100,7 @@ def test_scvi_tools_peakvi_reference_is_frozen_despite_its_weight_decay(sim, tmp
     # PEAKVI.train() forces weight_decay=1e-3 unless told otherwise: map_query must pass 0
     ref, query = (x.copy() for x in sim)
     ct.tl.train_reference(ref, "batch", model="peakvi", max_epochs=3, model_dir=tmp_path / "peakvi")
-    model = ct.tl.load_model(tmp_path / "peakvi")
+    model = ct.tl.load_model(tmp_path / "peakvi", ref)  # scvi-tools models load with their data
     assert type(model).__name__ == "PEAKVI" and model.module.encode_covariates  # surgery needs encoded covariates
     ct.tl.map_query(query, tmp_path / "peakvi", max_epochs=3)
     assert query.uns["X_reference"]["frozen_identical"]
@@ -270,7 +279,7 @@ def test_rna_atac_mudata_with_multivi(tmp_path):
     query = mdata[mdata.obs["batch"] == "batch_1"].copy()
     ct.tl.train_reference(ref, "batch", "cell_type", max_epochs=3, model_dir=tmp_path / "multivi")
     assert ref.uns["X_reference"]["params"]["model"] == "multivi" and ref.obsm["X_reference"].shape[0] == ref.n_obs
-    assert type(ct.tl.load_model(tmp_path / "multivi")).__name__ == "MULTIVI"
+    assert type(ct.tl.load_model(tmp_path / "multivi", ref)).__name__ == "MULTIVI"
     ct.tl.map_query(query, str(tmp_path / "multivi"), max_epochs=2)
     assert query.obsm["X_reference"].shape == (query.n_obs, ref.obsm["X_reference"].shape[1])
     assert query.uns["X_reference"]["frozen_identical"]

@@ -149,7 +149,7 @@ def load_model(model_dir: str | os.PathLike, adata=None, *, accelerator: str = "
     adata
         Data to attach to the model (set up like the data it was trained on), e.g. the query to
         predict on with :meth:`chromtools.models.PeakSCANVI.predict`; ``None`` loads the model
-        without data.
+        without data (chromtools models; scvi-tools models such as PEAKVI need their data).
     accelerator, device
         Where to load the weights (scvi-tools' ``load`` arguments).
 
