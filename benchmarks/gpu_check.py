@@ -65,8 +65,8 @@ def check_mapping(work: Path, accelerator: str, small: bool, results: dict) -> N
     _timed(
         results,
         "mapping_train_reference_s",
-        lambda: ct.tl.train_reference(ref, "batch", "cell_type", accelerator=accelerator, max_epochs=10).save(
-            work / "ref", overwrite=True
+        lambda: ct.tl.train_reference(
+            ref, "batch", "cell_type", model_dir=work / "ref", accelerator=accelerator, max_epochs=10
         ),
     )
     _timed(results, "mapping_map_query_s", lambda: ct.tl.map_query(query, work / "ref", accelerator=accelerator))

@@ -38,10 +38,12 @@ shared: CPU seconds are the fairer speed measure).
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -49,7 +51,7 @@ import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, machine, peak_rss_mb, require_data, write_results
+from _common import DATA, git_commit, machine, peak_rss_mb, require_data, write_results
 
 N_NEIGHBORS = 15
 LABEL = "cell_type"
@@ -140,9 +142,11 @@ def chromtools_run(ref, query, seed: int, model_kwargs: dict, unknown=None):
     import chromtools as ct
 
     r, q = ref.copy(), query.copy()
+    model = Path(tempfile.mkdtemp(prefix="chromtools_reference_"))  # the saved reference, removed at exit
+    atexit.register(shutil.rmtree, model, ignore_errors=True)
     with Clock() as t_ref:
-        model = ct.tl.train_reference(
-            r, "batch", LABEL, random_state=seed, max_epochs=epochs(None), model_kwargs=model_kwargs
+        ct.tl.train_reference(
+            r, "batch", LABEL, model_dir=model, random_state=seed, max_epochs=epochs(None), model_kwargs=model_kwargs
         )
     with Clock() as t_q:
         ct.tl.map_query(q, model, random_state=seed, max_epochs=epochs(None))
@@ -635,17 +639,14 @@ def main(argv=None) -> None:
     if args.deadline:
         h, m = (int(x) for x in args.deadline.split(":"))
         deadline = dt.datetime.now(dt.UTC).replace(hour=h, minute=m, second=0, microsecond=0)
-    import subprocess
-
     import scvi
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
     start = time.perf_counter()
     results = schedule(names, args.workers, args.threads, deadline)
     summary = {
         "description": __doc__.split("\n\n")[0],
         "command": "python benchmarks/mapping.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "git_commit": commit.stdout.strip(),
+        "git_commit": git_commit(),
         "machine": {**machine(), "scvi_tools": scvi.__version__, "note": "2 cores shared with other jobs"},
         "workers": args.workers,
         "threads_per_task": args.threads,

@@ -329,10 +329,15 @@ def bench_mapping(work: Path, n_cells: int, n_peaks: int, ref_cells: int, ref_ep
         del ref.layers["counts"]
         query_info = _write_query_h5ad(work / "query.h5ad", pool, n_cells, chunk=20_000, seed=1)
     with timer() as t_ref:
-        model = ct.tl.train_reference(
-            ref, "batch", "cell_type", max_epochs=ref_epochs, model_kwargs=MAPPING_REF_KWARGS, random_state=0
+        ct.tl.train_reference(
+            ref,
+            "batch",
+            "cell_type",
+            model_dir=work / "reference",
+            max_epochs=ref_epochs,
+            model_kwargs=MAPPING_REF_KWARGS,
+            random_state=0,
         )
-        model.save(work / "reference")
     ref_info = {
         "n_cells": int(ref.n_obs),
         "n_peaks": int(ref.n_vars),
@@ -341,7 +346,7 @@ def bench_mapping(work: Path, n_cells: int, n_peaks: int, ref_cells: int, ref_ep
         "epochs_trained": int(ref.uns["X_reference"]["params"]["n_epochs"]),
         "cell_types": int(ref.obs["cell_type"].nunique()),
     }
-    del pool, ref, model
+    del pool, ref
     children = {}
     for mode in ("backed", "in_memory"):
         cmd = [sys.executable, str(Path(__file__).resolve()), "--mapping-child", mode, str(work), str(query_epochs)]

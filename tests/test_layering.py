@@ -50,26 +50,9 @@ LAYERS = {
 }
 GROUND = {name for name, layer in LAYERS.items() if layer == 0}
 
-# Violations that live in modules other people are rewriting right now (issue 13: the mapping
-# modules are being split). Each entry is (importing file relative to src/, imported target);
-# removed when the mapping modules are split. Nothing else may be added here.
-ALLOWED = {
-    # removed when the mapping modules are split
-    ("chromtools/tl/_mapping.py", "chromtools.models._arches.surgery_ready_kwargs"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._reference.trained_epochs"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._reference._quiet_lightning"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._reference._silence_training_warnings"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._reference.check_count_matrix"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._reference.ModuleModeCallback"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._reference.MODEL_FORMAT_VERSION"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._arches.reference_state_dict"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._reference.check_saved_reference"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._arches.freeze_for_surgery"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._arches.frozen_weight_drift"),
-    ("chromtools/tl/_label_transfer.py", "chromtools.models._reference.check_saved_reference"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._reference.PeakReferenceModel"),
-    ("chromtools/tl/_mapping.py", "chromtools.models._reference.default_max_epochs"),
-}
+# Violations allowed while someone fixes them: (importing file relative to src/, imported target).
+# Empty: nothing may be added here without an issue that removes it.
+ALLOWED: set[tuple[str, str]] = set()
 
 
 def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:

@@ -22,10 +22,15 @@ def _demo_mapping(scatac, out: Path, *, fast: bool, random_state: int) -> dict[s
 
     ref = scatac[scatac.obs["batch"] != "batch_2"].copy()
     query = scatac[scatac.obs["batch"] == "batch_2"].copy()
-    model = tl.train_reference(
-        ref, "batch", "cell_type", max_epochs=15 if fast else None, random_state=random_state, accelerator="cpu"
+    tl.train_reference(
+        ref,
+        "batch",
+        "cell_type",
+        model_dir=out / "mapping_reference",
+        max_epochs=15 if fast else None,
+        random_state=random_state,
+        accelerator="cpu",
     )
-    model.save(out / "mapping_reference", overwrite=True)
     tl.map_query(query, str(out / "mapping_reference"), random_state=random_state, accelerator="cpu")
     tl.transfer_labels(query, ref, "cell_type")
     paths = {"mapping_reference": str(out / "mapping_reference" / "model.pt")}

@@ -108,16 +108,53 @@ def moving_average(x: np.ndarray, width: int) -> np.ndarray:
     return np.convolve(x, kernel, mode="same").astype(np.float32)
 
 
-def quiet_lightning() -> None:
-    """Silence Lightning's start-up chatter and its notices that do not apply to chromtools' training loops."""
+def quiet_lightning(level: int = logging.WARNING) -> None:
+    """Silence Lightning's start-up chatter and its notices that do not apply to chromtools' training loops.
+
+    Lightning's loggers are set to ``level`` (the reference models use ``logging.ERROR``).
+    """
     import warnings
 
     from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(level)
     warnings.filterwarnings("ignore", category=PossibleUserWarning)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def quiet_training_warnings() -> Iterator[None]:
+    """Hide, inside the block only, Lightning's notices about loader workers, logging and deprecated pytree specs."""
+    import warnings
+
+    from lightning.pytorch.utilities.warnings import PossibleUserWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        yield
+
+
+def get_layer(adata: AnnData, layer: str | None):
+    """``adata.X`` when ``layer`` is None, else ``adata.layers[layer]``; a missing layer is a clear error."""
+    if layer is None:
+        return adata.X
+    if layer not in adata.layers:
+        msg = f"AnnData has no layer '{layer}' (layers: {list(adata.layers)}); pass layer=None to use X."
+        raise KeyError(msg)
+    return adata.layers[layer]
+
+
+def idf(n_open: np.ndarray, n_cells: int) -> np.ndarray:
+    """Inverse document frequency of each peak, ``log(1 + n_cells / (1 + n_open))``, as float32.
+
+    The one place of the formula (ct.pp.tfidf_matrix and the reference models' encoder input).
+    It is computed in the precision of ``n_open`` (float32 counts stay float32, integer counts
+    go through float64), so each caller keeps its numbers to the last bit.
+    """
+    return np.log1p(n_cells / (1.0 + n_open)).astype(np.float32)
 
 
 @contextlib.contextmanager

@@ -61,10 +61,12 @@ MAPPING = """
     def main(out):
         adata = ct.datasets.simulate_scatac(1200, 800, n_batches=2, random_state=0)
         ref = adata[adata.obs["batch"] == "batch_0"].copy()
-        model = ct.tl.train_reference(
-            ref, "batch", "cell_type", max_epochs=4, accelerator="cpu", devices=2,
+        folder = f"{out}/reference{os.environ.get('LOCAL_RANK', '0')}"
+        ct.tl.train_reference(
+            ref, "batch", "cell_type", model_dir=folder, max_epochs=4, accelerator="cpu", devices=2,
             train_kwargs={"strategy": "ddp", "batch_size": 64},
         )
+        model = ct.tl.load_model(folder)
         weights = hashlib.sha1(b"".join(v.numpy().tobytes() for v in model.module.state_dict().values())).hexdigest()
         hist = model.history or {}
         losses = [float(v) for v in hist["validation_loss"].to_numpy().ravel()] if "validation_loss" in hist else []

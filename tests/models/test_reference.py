@@ -7,7 +7,10 @@ import torch
 from scvi.distributions import NegativeBinomial
 
 import chromtools as ct
-from chromtools.models._reference import MODEL_FORMAT_VERSION, PeakVAEModule, _mmd_between_groups
+from chromtools.models._input_checks import compute_idf
+from chromtools.models._mmd import _mmd_between_groups
+from chromtools.models._peak_vae import PeakVAEModule
+from chromtools.models._saved_models import MODEL_FORMAT_VERSION
 
 SMALL = {"n_hidden": 32, "n_latent": 6}
 
@@ -90,7 +93,7 @@ def test_sparse_likelihood_and_encoder_input_equal_the_dense_ones(likelihood):
 def test_tfidf_encoder_input_matches_pp_tfidf():
     X = np.random.default_rng(0).poisson(0.2, size=(30, 40)).astype(np.float32)
     X[0] = 0  # an empty cell must not divide by zero
-    idf = ct.models._reference.compute_idf(X)
+    idf = compute_idf(X)
     module = PeakVAEModule(40, idf=idf, n_hidden=8, n_latent=2)
     ours = module._encoder_input(torch.as_tensor(X)).numpy()
     expected, idf2 = ct.pp.tfidf_matrix(X, idf)
@@ -149,14 +152,14 @@ def test_peaktrvae_trains_with_count_likelihoods(sim, likelihood):
     assert np.isfinite(loss).all() and loss.iloc[-1] < loss.iloc[0]
 
 
-def test_training_is_deterministic_for_a_seed(sim):
+def test_training_is_deterministic_for_a_seed(sim, tmp_path):
     states = []
     for seed in (0, 0, 1):
         adata = sim.copy()
-        model = ct.tl.train_reference(
-            adata, "batch", model="peaktrvae", max_epochs=2, model_kwargs=SMALL, random_state=seed
+        ct.tl.train_reference(
+            adata, "batch", model="peaktrvae", max_epochs=2, model_kwargs=SMALL, random_state=seed, model_dir=tmp_path
         )
-        states.append(model.module.state_dict())
+        states.append(ct.tl.load_model(tmp_path).module.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert not all(torch.equal(states[0][k], states[2][k]) for k in states[0])
 
@@ -233,17 +236,19 @@ def test_load_refuses_an_incompatible_version(trained, tmp_path):
         ct.models.check_saved_reference(tmp_path / "nothing")
 
 
-def test_mmd_penalty_mixes_batches():
+def test_mmd_penalty_mixes_batches(tmp_path):
     from sklearn.neighbors import NearestNeighbors
 
     a = ct.datasets.simulate_scatac(800, 400, n_cell_types=3, n_batches=2, batch_effect=1.5, random_state=0)
     batch = a.obs["batch"].cat.codes.to_numpy()
     mixing = {}
     for weight in (0.0, 10.0):
-        model = ct.tl.train_reference(
-            a.copy(), "batch", model="peaktrvae", max_epochs=40, model_kwargs={**SMALL, "mmd_weight": weight}
+        b = a.copy()
+        model_kwargs = {**SMALL, "mmd_weight": weight}
+        ct.tl.train_reference(
+            b, "batch", model="peaktrvae", max_epochs=40, model_kwargs=model_kwargs, model_dir=tmp_path
         )
-        z = model.get_latent_representation()
+        z = b.obsm["X_reference"]
         idx = NearestNeighbors(n_neighbors=16).fit(z).kneighbors(z, return_distance=False)[:, 1:]
         mixing[weight] = (batch[idx] != batch[:, None]).mean()  # 0.5 = perfectly mixed
     assert mixing[0.0] < 0.1 < 0.3 < mixing[10.0]

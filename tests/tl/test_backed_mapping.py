@@ -1,8 +1,10 @@
-"""Out-of-core mapping: backed AnnData through train_reference / map_query / transfer_labels, and the kNN switch."""
+"""Out-of-core mapping through ct.tl: backed inputs that cannot stay bounded are refused, and the kNN switch.
+
+That a backed reference and query map to the in-memory numbers, reading only row blocks, is tested
+with the block helpers in tests/models/test_backed.py.
+"""
 
 from __future__ import annotations
-
-import warnings
 
 import anndata as ad
 import numpy as np
@@ -11,146 +13,26 @@ import pytest
 import scipy.sparse as sp
 
 import chromtools as ct
-from chromtools.models import _backed
 from chromtools.tl import _label_transfer
 
 SMALL = {"n_hidden": 32, "n_latent": 6}
-EPOCHS = 6
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A simulated reference and query written to h5ad (counts in X only), and their in-memory copies."""
+    """A simulated reference and query written to h5ad (counts in X only), and a reference trained briefly."""
     folder = tmp_path_factory.mktemp("backed")
-    a = ct.datasets.simulate_scatac(900, 300, n_cell_types=4, n_batches=3, random_state=2)
-    del a.layers["counts"]
-    ref = a[a.obs["batch"] != "batch_2"].copy()
-    query = a[a.obs["batch"] == "batch_2"].copy()
-    ref.write_h5ad(folder / "ref.h5ad")
-    query.write_h5ad(folder / "query.h5ad")
-    return folder, ref, query
+    sim = ct.datasets.simulate_scatac(300, 120, n_cell_types=3, n_batches=2, random_state=3)
+    del sim.layers["counts"]
+    sim[sim.obs["batch"] == "batch_1"].copy().write_h5ad(folder / "query.h5ad")
+    ref = sim[sim.obs["batch"] == "batch_0"].copy()
+    model = folder / "reference"
+    ct.tl.train_reference(ref.copy(), "batch", "cell_type", max_epochs=1, model_kwargs=SMALL, model_dir=model)
+    return folder, ref, model
 
 
-@pytest.fixture(scope="module")
-def in_memory(files):
-    """Reference trained and query mapped in memory: the run every backed result must equal."""
-    _, ref, query = files
-    ref, query = ref.copy(), query.copy()
-    model = ct.tl.train_reference(ref, "batch", "cell_type", max_epochs=EPOCHS, model_kwargs=SMALL)
-    ct.tl.map_query(query, model, max_epochs=3)
-    ct.tl.transfer_labels(query, model, "cell_type")
-    return ref, query, model
-
-
-class _ReadSpy:
-    """Records how many rows every read of a backed sparse matrix returned."""
-
-    def __init__(self, monkeypatch, dataset):
-        self.rows: list[int] = []
-        cls = type(dataset)
-        original = cls.__getitem__
-
-        def spy(obj, index):
-            out = original(obj, index)
-            self.rows.append(int(out.shape[0]) if hasattr(out, "shape") and len(out.shape) == 2 else 1)
-            return out
-
-        monkeypatch.setattr(cls, "__getitem__", spy)
-
-
-def test_backed_reference_and_query_map_like_in_memory_reading_only_blocks(files, in_memory, monkeypatch):
-    folder, _, _ = files
-    mem_ref, mem_query, _ = in_memory
-    monkeypatch.setattr(_backed, "BLOCK_NNZ", 5_000)  # blocks of a few dozen cells, as a huge file would get
-    ref = ad.read_h5ad(folder / "ref.h5ad", backed="r")
-    query = ad.read_h5ad(folder / "query.h5ad", backed="r")
-    spy = _ReadSpy(monkeypatch, ref.X)
-    model = ct.tl.train_reference(ref, "batch", "cell_type", max_epochs=EPOCHS, model_kwargs=SMALL)
-    reference_reads, spy.rows = spy.rows, []
-    ct.tl.map_query(query, model, max_epochs=3)
-    ct.tl.transfer_labels(query, model, "cell_type")
-    # same minibatches in the same order as in memory: the same numbers, not just close ones
-    np.testing.assert_allclose(ref.obsm["X_reference"], mem_ref.obsm["X_reference"], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(query.obsm["X_reference"], mem_query.obsm["X_reference"], rtol=0, atol=1e-6)
-    assert (query.obs["cell_type_pred"].astype(str) == mem_query.obs["cell_type_pred"].astype(str)).all()
-    assert ref.uns["X_reference"]["params"]["out_of_core"] and query.uns["X_reference"]["params"]["out_of_core"]
-    assert not mem_query.uns["X_reference"]["params"]["out_of_core"]
-    # no pass reads the matrix whole: every read is a block (BLOCK_NNZ) or a minibatch — 256 cells in
-    # training, 128 when encoding the query, 1024 when store_reference encodes the reference
-    assert max(reference_reads) <= 1024 and 1 < len(reference_reads)
-    assert spy.rows and max(spy.rows) <= 256 < query.n_obs
-    # scvi-tools' registration went to the model's light AnnData, not to the user's backed object
-    assert not any(c.startswith("_scvi") for c in ref.obs.columns)
-    assert model.adata is not ref and _backed.is_lazy_matrix(model.adata.X)
-    # the read-only file is untouched; results live in memory until the user writes them
-    assert "X_reference" not in ad.read_h5ad(folder / "query.h5ad").obsm
-    ad.AnnData(obs=query.obs, obsm=dict(query.obsm)).write_h5ad(folder / "mapped.h5ad")  # the documented recipe
-    mapped = ad.read_h5ad(folder / "mapped.h5ad")
-    np.testing.assert_array_equal(mapped.obsm["X_reference"], query.obsm["X_reference"])
-    assert (mapped.obs["cell_type_pred"] == query.obs["cell_type_pred"]).all()
-
-
-def test_backed_query_with_other_features_maps_through_a_blockwise_scratch_copy(
-    files, in_memory, tmp_path, monkeypatch
-):
-    folder, _, mem_query = files
-    _, _, model = in_memory
-    monkeypatch.setattr(_backed, "BLOCK_NNZ", 5_000)
-    order = np.random.default_rng(0).permutation(mem_query.n_vars)[: mem_query.n_vars - 20]  # shuffled, 20 missing
-    shuffled = mem_query[:, order].copy()
-    shuffled.write_h5ad(tmp_path / "shuffled.h5ad")
-    backed = ad.read_h5ad(tmp_path / "shuffled.h5ad", backed="r")
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # fewer than all features: warned in both runs
-        ct.tl.map_query(shuffled, model, max_epochs=3)
-        qm = ct.tl.map_query(backed, model, max_epochs=3, scratch_dir=scratch, return_model=True)
-    np.testing.assert_allclose(backed.obsm["X_reference"], shuffled.obsm["X_reference"], rtol=0, atol=1e-6)
-    assert backed.uns["X_reference"]["features"]["n_shared"] == mem_query.n_vars - 20
-    # the aligned copy is on disk while the query model reads it, and removed with it
-    assert len(list(scratch.iterdir())) == 1
-    aligned = qm.adata.X
-    assert _backed.is_lazy_matrix(aligned) and aligned.shape == (backed.n_obs, mem_query.n_vars)
-    qm._chromtools_scratch.close()
-    assert list(scratch.iterdir()) == []
-    # without return_model the copy is removed when map_query returns
-    again = ad.read_h5ad(tmp_path / "shuffled.h5ad", backed="r")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        ct.tl.map_query(again, model, max_epochs=3, scratch_dir=scratch)
-    assert list(scratch.iterdir()) == []
-    np.testing.assert_array_equal(again.obsm["X_reference"], backed.obsm["X_reference"])
-
-
-def test_blockwise_helpers_equal_whole_matrix_results(tmp_path, monkeypatch):
-    rng = np.random.default_rng(1)
-    X = sp.random(500, 60, density=0.1, format="csr", random_state=1, dtype=np.float32)
-    X.data = rng.integers(1, 4, X.nnz).astype(np.float32)
-    ad.AnnData(X=X).write_h5ad(tmp_path / "x.h5ad")
-    backed = ad.read_h5ad(tmp_path / "x.h5ad", backed="r").X
-    monkeypatch.setattr(_backed, "BLOCK_NNZ", 200)
-    assert _backed.block_rows(backed) < 50
-    from chromtools.models._reference import compute_idf
-
-    np.testing.assert_array_equal(compute_idf(backed), compute_idf(X))
-    S = sp.random(60, 40, density=0.05, format="csr", random_state=2)
-    S.data[:] = 1
-    scratch = _backed.Scratch(tmp_path)
-    copy = scratch.write_csr(backed, S)
-    assert (copy[:] != (X @ S)).nnz == 0
-    dense = tmp_path / "dense.h5ad"
-    ad.AnnData(X=X.toarray()).write_h5ad(dense)  # a dense backed X is copied to CSR block by block
-    as_csr, dense_scratch = _backed.rows_as_csr_dataset(ad.read_h5ad(dense, backed="r").X, tmp_path)
-    assert (as_csr[:] != X).nnz == 0
-    scratch.close()
-    dense_scratch.close()
-    assert not scratch.path.exists() and not dense_scratch.path.exists()
-
-
-def test_backed_inputs_that_cannot_stay_bounded_are_refused_with_the_fix(files, in_memory, tmp_path):
-    folder, ref_mem, _ = files
-    _, _, model = in_memory
+def test_backed_inputs_that_cannot_stay_bounded_are_refused_with_the_fix(files, tmp_path):
+    folder, ref_mem, model = files
     query = ad.read_h5ad(folder / "query.h5ad", backed="r")
     with pytest.raises(ValueError, match="copy=False"):
         ct.tl.map_query(query, model, copy=True)
@@ -164,13 +46,17 @@ def test_backed_inputs_that_cannot_stay_bounded_are_refused_with_the_fix(files, 
     csc.X = sp.csc_matrix(csc.X)
     csc.write_h5ad(tmp_path / "csc.h5ad")
     with pytest.raises(ValueError, match="tocsr"):
-        ct.tl.train_reference(ad.read_h5ad(tmp_path / "csc.h5ad", backed="r"), "batch", "cell_type", max_epochs=1)
+        ct.tl.train_reference(
+            ad.read_h5ad(tmp_path / "csc.h5ad", backed="r"), "batch", "cell_type", max_epochs=1, model_dir=tmp_path
+        )
     # normalised values are caught on the sampled blocks
     norm = ref_mem.copy()
     norm.X = norm.X.astype(np.float32) * 0.37
     norm.write_h5ad(tmp_path / "norm.h5ad")
     with pytest.raises(ValueError, match="non-integer"):
-        ct.tl.train_reference(ad.read_h5ad(tmp_path / "norm.h5ad", backed="r"), "batch", "cell_type", max_epochs=1)
+        ct.tl.train_reference(
+            ad.read_h5ad(tmp_path / "norm.h5ad", backed="r"), "batch", "cell_type", max_epochs=1, model_dir=tmp_path
+        )
     with pytest.raises(ValueError, match="non-integer"):
         ct.tl.map_query(ad.read_h5ad(tmp_path / "norm.h5ad", backed="r"), model, max_epochs=1)
 

@@ -186,14 +186,14 @@ def test_any_embedding_a_stored_model_or_a_saved_folder_can_be_the_reference(tmp
     ct.tl.transfer_labels(query, ref, "cell_type", use_rep="X_lsi", key_added="lsi")
     truth = query.obs["cell_type"].astype(str)
     assert (query.obs["lsi"].astype(str) == truth).mean() > 0.9
-    model = ct.tl.train_reference(
-        ref, "batch", "cell_type", max_epochs=20, model_kwargs={"n_hidden": 32, "n_latent": 5}
+    ct.tl.train_reference(
+        ref, "batch", "cell_type", max_epochs=20, model_kwargs={"n_hidden": 32, "n_latent": 5}, model_dir=tmp_path / "m"
     )
+    model = ct.tl.load_model(tmp_path / "m")
     assert model.reference_["latent"].shape == (ref.n_obs, 5)
-    ct.tl.map_query(query, model, max_epochs=3)
+    ct.tl.map_query(query, tmp_path / "m", max_epochs=3)
     ct.tl.transfer_labels(query, ref, "cell_type", key_added="from_adata")
     ct.tl.transfer_labels(query, model, "cell_type", key_added="from_model")
-    model.save(tmp_path / "m", overwrite=True)
     ct.tl.transfer_labels(query, tmp_path / "m", "cell_type", key_added="from_folder")
     for key in ("from_model", "from_folder"):
         np.testing.assert_allclose(query.obs[f"{key}_probability"], query.obs["from_adata_probability"])

@@ -13,7 +13,7 @@ import torch
 
 import chromtools as ct
 from chromtools.models import freeze_for_surgery, reference_state_dict
-from chromtools.tl._mapping import feature_indexer
+from chromtools.tl._query_alignment import feature_indexer
 
 SMALL = {"n_hidden": 32, "n_latent": 6}
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,11 +28,13 @@ def sim():
 
 
 @pytest.fixture(scope="module")
-def reference(sim):
+def reference(sim, tmp_path_factory):
     ref, _ = sim
     ref = ref.copy()
-    model = ct.tl.train_reference(ref, "batch", "cell_type", max_epochs=30, model_kwargs=SMALL)
-    return ref, model
+    folder = tmp_path_factory.mktemp("reference")
+    assert ct.tl.train_reference(ref, "batch", "cell_type", model_dir=folder, max_epochs=30, model_kwargs=SMALL) is None
+    assert ref.uns["X_reference"]["params"]["model_dir"] == str(folder)
+    return ref, ct.tl.load_model(folder, ref)
 
 
 def _block(t: torch.Tensor, shape) -> torch.Tensor:
@@ -42,11 +44,21 @@ def _block(t: torch.Tensor, shape) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # surgery
 # ----------------------------------------------------------------------------------------------
-def test_surgery_trains_new_batch_rows_and_keeps_every_reference_tensor_bit_identical(sim, reference):
+def test_surgery_trains_new_batch_rows_and_keeps_every_reference_tensor_bit_identical(
+    sim, reference, tmp_path, monkeypatch
+):
+    from chromtools.tl import _surgery
+
     ref_adata, model = reference
     before = {k: v.detach().clone() for k, v in model.module.state_dict().items()}
     query = sim[1].copy()
-    qm = ct.tl.map_query(query, model, max_epochs=5, return_model=True)
+    built = []  # the query model as surgery built it (dropout frozen in memory, not in the saved file)
+    freeze = _surgery.freeze_for_surgery
+    monkeypatch.setattr(_surgery, "freeze_for_surgery", lambda qm, state: built.append(qm) or freeze(qm, state))
+    assert ct.tl.map_query(query, model, max_epochs=5, model_dir=tmp_path / "query_model") is None
+    (qm,) = built
+    saved = ct.tl.load_model(tmp_path / "query_model")
+    assert all(torch.equal(v, saved.module.state_dict()[k]) for k, v in qm.module.state_dict().items())
     after = qm.module.state_dict()
     assert set(after) == set(before)
     grown = []
@@ -84,12 +96,13 @@ def test_only_new_rows_train_even_with_weight_decay(sim, reference):
     assert all(not p.requires_grad for p in frozen)
 
 
-def test_scvi_tools_peakvi_reference_is_frozen_despite_its_weight_decay(sim):
+def test_scvi_tools_peakvi_reference_is_frozen_despite_its_weight_decay(sim, tmp_path):
     # PEAKVI.train() forces weight_decay=1e-3 unless told otherwise: map_query must pass 0
     ref, query = (x.copy() for x in sim)
-    model = ct.tl.train_reference(ref, "batch", model="peakvi", max_epochs=3)
-    assert model.module.encode_covariates  # surgery needs encoded covariates
-    ct.tl.map_query(query, model, max_epochs=3)
+    ct.tl.train_reference(ref, "batch", model="peakvi", max_epochs=3, model_dir=tmp_path / "peakvi")
+    model = ct.tl.load_model(tmp_path / "peakvi", ref)  # scvi-tools models load with their data
+    assert type(model).__name__ == "PEAKVI" and model.module.encode_covariates  # surgery needs encoded covariates
+    ct.tl.map_query(query, tmp_path / "peakvi", max_epochs=3)
     assert query.uns["X_reference"]["frozen_identical"]
     assert query.uns["X_reference"]["n_trained_parameters"] > 0
 
@@ -264,9 +277,9 @@ def test_rna_atac_mudata_with_multivi(tmp_path):
     mdata.obs["cell_type"] = atac.obs["cell_type"].to_numpy()
     ref = mdata[mdata.obs["batch"] == "batch_0"].copy()
     query = mdata[mdata.obs["batch"] == "batch_1"].copy()
-    model = ct.tl.train_reference(ref, "batch", "cell_type", max_epochs=3)
-    assert type(model).__name__ == "MULTIVI" and ref.obsm["X_reference"].shape[0] == ref.n_obs
-    model.save(tmp_path / "multivi", overwrite=True)
+    ct.tl.train_reference(ref, "batch", "cell_type", max_epochs=3, model_dir=tmp_path / "multivi")
+    assert ref.uns["X_reference"]["params"]["model"] == "multivi" and ref.obsm["X_reference"].shape[0] == ref.n_obs
+    assert type(ct.tl.load_model(tmp_path / "multivi", ref)).__name__ == "MULTIVI"
     ct.tl.map_query(query, str(tmp_path / "multivi"), max_epochs=2)
     assert query.obsm["X_reference"].shape == (query.n_obs, ref.obsm["X_reference"].shape[1])
     assert query.uns["X_reference"]["frozen_identical"]
@@ -306,15 +319,29 @@ def test_saved_reference_maps_a_query_in_a_fresh_process(sim, reference, tmp_pat
     assert acc > 0.9
 
 
-def test_copy_and_determinism(sim, reference):
-    _, model = reference
+def test_copy_and_determinism(sim, reference, tmp_path):
+    ref_adata, model = reference
     query = sim[1].copy()
     out = ct.tl.map_query(query, model, max_epochs=3, copy=True)
     assert "X_reference" not in query.obsm and "X_reference" in out.obsm
     again = ct.tl.map_query(query, model, max_epochs=3, copy=True)
     np.testing.assert_array_equal(out.obsm["X_reference"], again.obsm["X_reference"])
-    res, qm = ct.tl.map_query(query, model, max_epochs=3, copy=True, return_model=True)
+    # the saved folder (what train_reference leaves) maps to the same numbers as the model object
+    model.save(tmp_path / "ref", overwrite=True)
+    res = ct.tl.map_query(query, tmp_path / "ref", max_epochs=3, copy=True, model_dir=tmp_path / "q")
+    np.testing.assert_array_equal(res.obsm["X_reference"], out.obsm["X_reference"])
+    qm = ct.tl.load_model(tmp_path / "q")
     assert isinstance(qm, ct.models.PeakSCANVI) and res is not query
+    assert res.uns["X_reference"]["params"]["model_dir"] == str(tmp_path / "q")
+    # train_reference: copy=True returns a new object and leaves the input untouched
+    small = ref_adata[:200].copy()
+    del small.obsm["X_reference"], small.uns["X_reference"]
+    trained = ct.tl.train_reference(
+        small, "batch", "cell_type", model_dir=tmp_path / "r", max_epochs=1, model_kwargs=SMALL, copy=True
+    )
+    assert "X_reference" in trained.obsm and "X_reference" not in small.obsm
+    with pytest.raises(FileNotFoundError, match="model_dir"):
+        ct.tl.train_reference(small, "batch", "cell_type", model_dir=tmp_path / "no" / "such")
 
 
 def test_query_with_its_own_peaks_maps_by_overlap(sim, reference):

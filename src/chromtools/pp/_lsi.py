@@ -10,6 +10,7 @@ import scipy.sparse as sp
 
 from chromtools._docs import doc_params
 from chromtools._utils import get_modality
+from chromtools._utils import idf as inverse_document_frequency
 
 from ._align import Matching
 
@@ -37,12 +38,12 @@ def tfidf_matrix(X, idf: np.ndarray | None = None, *, scale_factor: float = 1e4)
     -------
     The TF-IDF matrix (CSR, float32) and the IDF used.
     """
+    # Ours, not muon.atac.pp.tfidf: muon's IDF is n_cells / n_counts of unbinarised counts, another transform.
     X = sp.csr_matrix(X, dtype=np.float32, copy=True)
     X.data[:] = 1.0
     n_open = np.asarray(X.sum(axis=1)).ravel()
     if idf is None:
-        df = np.asarray(X.sum(axis=0)).ravel()
-        idf = np.log1p(X.shape[0] / (1.0 + df)).astype(np.float32)
+        idf = inverse_document_frequency(np.asarray(X.sum(axis=0)).ravel(), X.shape[0])
     tf = sp.diags(1.0 / np.maximum(n_open, 1.0)).astype(np.float32) @ X
     out = (tf @ sp.diags(np.asarray(idf, np.float32))).tocsr()
     out.data = np.log1p(out.data * scale_factor).astype(np.float32)
@@ -98,6 +99,8 @@ def lsi(
     ``varm[key_added]`` (loadings) and ``uns[key_added]`` (``idf``, ``singular_values``,
     ``params``).
     """
+    # Ours, not muon.atac.tl.lsi: muon runs an unseeded ARPACK SVD on adata.X with standardised
+    # embeddings and no projection of a query, so its coordinates differ from these.
     from sklearn.utils.extmath import randomized_svd
 
     if copy:

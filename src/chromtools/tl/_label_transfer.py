@@ -31,7 +31,7 @@ APPROX_KNN_MIN_CELLS = 50_000
 _PYNNDESCENT_GRAPH_K = 30
 
 
-def resolve_knn_method(knn_method: KnnMethod, n_reference: int) -> str:
+def resolve_knn_method(knn_method: KnnMethod, n_reference: int) -> KnnMethod:
     """``'exact'`` or ``'pynndescent'``: ``'auto'`` picks pynndescent from :data:`APPROX_KNN_MIN_CELLS` cells."""
     if knn_method not in KNN_METHODS:
         msg = f"knn_method must be one of {KNN_METHODS}, got {knn_method!r}."
@@ -113,7 +113,7 @@ def _reference_arrays(
     store = None
     registry: dict = {}
     if isinstance(reference, str | os.PathLike):
-        from chromtools.models._reference import check_saved_reference
+        from chromtools.models import check_saved_reference
 
         attrs = check_saved_reference(reference)
         store = attrs.get("reference_")
@@ -158,7 +158,7 @@ def _weights(dist: np.ndarray, weighting: Weighting) -> np.ndarray:
 
 
 def knn_label_probabilities(
-    reference_latent: np.ndarray,
+    reference_latent: np.ndarray | _KnnIndex,
     reference_labels,
     query_latent: np.ndarray,
     *,
@@ -452,7 +452,7 @@ def transfer_labels(
         msg = f"novelty_quantile must be in (0, 1], got {novelty_quantile}."
         raise ValueError(msg)
     if copy:
-        from chromtools.tl._mapping import _refuse_backed_copy
+        from chromtools.tl._train_reference import _refuse_backed_copy
 
         _refuse_backed_copy(query, "transfer_labels")
         query = query.copy()

@@ -9,15 +9,9 @@ from anndata import AnnData
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LabelsWithUnlabeledObsField, LayerField
 
-from chromtools.models._reference import (
-    BATCH_KEY,
-    LABELS_KEY,
-    X_KEY,
-    InputTransform,
-    Likelihood,
-    PeakReferenceModel,
-    check_count_matrix,
-)
+from chromtools.models._input_checks import check_count_matrix
+from chromtools.models._peak_reference_model import PeakReferenceModel
+from chromtools.models._peak_vae import BATCH_KEY, LABELS_KEY, X_KEY, InputTransform, Likelihood
 
 
 class PeakSCANVI(PeakReferenceModel):
