@@ -450,6 +450,10 @@ def main() -> None:
                 args.mapping_ref_epochs,
                 args.mapping_query_epochs,
             )
+    for key, value in results.items():  # each section says which commit and command produced it
+        if isinstance(value, dict) and key != "machine":
+            value.setdefault("git_commit", results["git_commit"])
+            value.setdefault("command", results["command"])
     results = _merge_into_existing(results, args.sections)
     results["targets"] = {
         k: {"met": v.get("met"), "target": v.get("target")}

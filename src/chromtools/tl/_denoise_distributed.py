@@ -1,10 +1,11 @@
 """Genome-wide denoising sharded over Dask workers: one task per (sample, chromosome), then one merge.
 
 Each task runs :func:`chromtools.tl.denoise` on one chromosome of one sample and writes its own
-shard files (raw float32 arrays, so that each bigWig is encoded once); as shards finish, the driver streams them, in the genome
-order of the input, into one denoised bigWig and one peak-probability bigWig per sample, while the
-workers go on with the next chromosomes; the narrowPeak follows at the end. Every output is written
-to a temporary file and renamed. Windows never cross chromosomes and a chromosome's batches are the
+shard files (raw float32 arrays, so that each bigWig is encoded once). Writing a bigWig is
+sequential, so each output bigWig is a task of its own that depends on its sample's shards and
+appends them in the genome order of the input: a sample's denoised and peak-probability bigWigs
+are encoded on two workers at once. The driver writes the narrowPeak. Every output is written to a
+temporary file and renamed. Windows never cross chromosomes and a chromosome's batches are the
 same in a shard as in a single-process run, so the merged output is identical, value for value,
 to what one process writes. The scheduling, retries and placement are Dask's.
 """
@@ -150,28 +151,15 @@ def _copy_shard(writer: BigWigWriter, shard: Path, chrom: str, size: int) -> Non
     shard.unlink()
 
 
-class _SampleMerger:
-    """The outputs of one sample, filled chromosome by chromosome in genome order as shards arrive."""
+def _write_bigwig(shards: list[DenoiseResult], kind: str, sizes: dict[str, int], out: str, zoom_levels: int) -> str:
+    """Worker task: encode one sample's ``kind`` track ('track' or 'peakprob') from its shards, in genome order.
 
-    def __init__(self, sizes: Mapping[str, int], prefix: Path, zoom_levels: int, stack: contextlib.ExitStack):
-        self.sizes = dict(sizes)
-        self.order = list(sizes)
-        self.paths = {k: Path(f"{prefix}.{k}") for k in ("track.bw", "peakprob.bw", "peaks.narrowPeak")}
-        # entered on the caller's stack: closed (finished and renamed) on success, removed on error
-        self.writers = {
-            k: stack.enter_context(BigWigWriter(self.paths[f"{k}.bw"], self.sizes, zoom_levels=zoom_levels))
-            for k in ("track", "peakprob")
-        }
-        self.done: dict[str, DenoiseResult] = {}
-        self.next = 0
-
-    def add(self, chrom: str, result: DenoiseResult) -> None:
-        self.done[chrom] = result
-        while self.next < len(self.order) and self.order[self.next] in self.done:
-            c = self.order[self.next]
-            for kind, writer in self.writers.items():
-                _copy_shard(writer, getattr(self.done[c], kind), c, self.sizes[c])
-            self.next += 1
+    The bigWig is written to a temporary file and renamed when complete; each shard is deleted once appended.
+    """
+    with _malloc_for_large_arrays(), BigWigWriter(out, sizes, zoom_levels=zoom_levels) as writer:
+        for (chrom, size), shard in zip(sizes.items(), shards, strict=True):
+            _copy_shard(writer, Path(getattr(shard, kind)), chrom, size)
+    return out
 
 
 def denoise_distributed(
@@ -217,7 +205,6 @@ def denoise_distributed(
 
     from ._denoise import DenoiseResult, _check_inputs, _write_empty
 
-    distributed = _import_distributed()
 
     if len(noisy) != len(out_prefixes):
         msg = f"Got {len(noisy)} noisy bigWigs but {len(out_prefixes)} output prefixes; pass one prefix per sample."
@@ -254,12 +241,13 @@ def denoise_distributed(
             else None
             for n in noisy
         ]
-        with contextlib.ExitStack() as outputs, dask_client(client, n_workers) as dc:
-            mergers = [_SampleMerger(sizes, out_prefixes[i], zoom_levels, outputs) for i, sizes in enumerate(genomes)]
+        paths = [{k: Path(f"{p}.{k}") for k in ("track.bw", "peakprob.bw", "peaks.narrowPeak")} for p in out_prefixes]
+        with dask_client(client, n_workers) as dc:
             # every worker imports torch and loads the model once, in parallel, before the tasks start
             dc.run(_worker_model, str(model_dir))
-            futures = {
-                dc.submit(
+            tag = f"{os.getpid()}-{time.monotonic_ns()}"
+            shards = {
+                (i, chrom): dc.submit(
                     _denoise_shard,
                     str(noisy[i]),
                     str(model_dir),
@@ -267,21 +255,42 @@ def denoise_distributed(
                     chrom,
                     {**kwargs, "input_means": means[i]},
                     threads_per_task,
-                    key=f"denoise-s{i}-{chrom}-{os.getpid()}-{time.monotonic_ns()}",
+                    key=f"denoise-s{i}-{chrom}-{tag}",
                     pure=False,
-                ): (i, chrom)
+                )
                 for i, chrom, _ in jobs
             }
-            # shards are appended to the outputs as they finish, while the workers go on
-            for future in distributed.as_completed(futures):
-                i, chrom = futures[future]
-                mergers[i].add(chrom, future.result())
+            # a bigWig is written sequentially, so each output is one task of its own: a sample's track
+            # and peak-probability bigWigs are encoded on two workers at once, as soon as its shards exist
+            writers = {
+                (i, kind): dc.submit(
+                    _write_bigwig,
+                    [shards[(i, chrom)] for chrom in sizes],
+                    kind,
+                    dict(sizes),
+                    str(paths[i][f"{kind}.bw"]),
+                    zoom_levels,
+                    key=f"write-s{i}-{kind}-{tag}",
+                    pure=False,
+                    priority=1,
+                )
+                for i, sizes in enumerate(genomes)
+                for kind in ("track", "peakprob")
+            }
+            try:
+                done = dict(zip(shards, dc.gather(list(shards.values())), strict=True))
+                dc.gather(list(writers.values()))
+            except BaseException:
+                for f in writers.values():
+                    if f.status == "finished":  # a complete output of a failed run is not left behind
+                        Path(f.result()).unlink(missing_ok=True)
+                raise
         results = []
-        for merger in mergers:
-            parts = [merger.done[chrom] for chrom in merger.order]
+        for i, sizes in enumerate(genomes):
+            parts = [done[(i, chrom)] for chrom in sizes]
             tables = [r.peak_table for r in parts if len(r.peak_table)]
             peaks = name_peaks(pd.concat(tables, ignore_index=True)) if tables else parts[0].peak_table.iloc[:0]
-            path = merger.paths["peaks.narrowPeak"]
+            path = paths[i]["peaks.narrowPeak"]
             write_narrowpeak(peaks, path) if len(peaks) else _write_empty(path)
             params = dict(parts[0].params)
             for key in ("windows_run", "windows_total"):
@@ -291,11 +300,11 @@ def denoise_distributed(
             )
             results.append(
                 DenoiseResult(
-                    track=merger.paths["track.bw"],
-                    peakprob=merger.paths["peakprob.bw"],
+                    track=paths[i]["track.bw"],
+                    peakprob=paths[i]["peakprob.bw"],
                     peaks=path,
                     peak_table=peaks,
-                    n_bases=int(sum(merger.sizes.values())),
+                    n_bases=int(sum(sizes.values())),
                     seconds=time.perf_counter() - t0,
                     params=params,
                 )
