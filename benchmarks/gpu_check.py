@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, write_results
+from _common import git_commit, machine, write_results
 
 import chromtools as ct
 
@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    results: dict = {"machine": machine(), "accelerator": args.accelerator}
+    results: dict = {"machine": machine(), "git_commit": git_commit(), "accelerator": args.accelerator}
     if args.accelerator == "gpu":
         results["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
         if not torch.cuda.is_available():

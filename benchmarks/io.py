@@ -16,7 +16,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, require_data, timer, write_results
+from _common import git_commit, machine, require_data, timer, write_results
 
 import chromtools as ct
 
@@ -120,6 +120,7 @@ def main() -> None:
     targets = {"write_bp_per_s": 20e6, "read_bp_per_s": 50e6}
     results = {
         "machine": machine(),
+        "git_commit": git_commit(),
         "command": "python benchmarks/io.py",
         "bigwig": bigwig,
         "fragments_to_coverage": fragments,
