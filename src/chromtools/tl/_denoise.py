@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict, cast, overload
+from typing import TYPE_CHECKING, Any, TypedDict, cast, overload
 
 import numpy as np
 import pandas as pd
@@ -34,8 +34,6 @@ from chromtools.tl._windows import tile
 
 if TYPE_CHECKING:
     from distributed import Client
-
-    from chromtools.models._track_denoiser import TrackSpec
 
 logger = logging.getLogger(__name__)
 INFERENCE_WINDOW = 200_000
@@ -87,7 +85,7 @@ def _resolve_device(accelerator: str, devices) -> torch.device:
 
 def _check_inputs(
     noisy: Path,
-    spec: TrackSpec,
+    spec: Mapping[str, Any],  # a TrackDenoiser's spec_
     extra: Sequence[PathLike],
     chrom_sizes: PathLike | Mapping[str, int] | None,
     chroms: Sequence[str] | None,
