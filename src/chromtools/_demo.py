@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -42,11 +43,13 @@ def _demo_mapping(scatac, out: Path, *, fast: bool, random_state: int) -> dict[s
     report.to_csv(path)
     paths["mapping_report"] = str(path)
     fig = pl.mapping_umap(query, ref, show=False)
+    assert fig is not None  # show=False returns the figure
     path = out / "mapping_umap.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     paths["mapping_umap"] = str(path)
     fig = pl.confusion_matrix(query, "cell_type", "cell_type_pred", show=False)
+    assert fig is not None  # show=False returns the figure
     path = out / "mapping_confusion.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -107,7 +110,7 @@ def run_demo(out_dir: PathLike, *, fast: bool = False, random_state: int = 0) ->
         setup = models.TrackDenoiser.setup_tracks(
             sim.noisy, sim.clean, sim.peaks, val_chroms=[choose], holdout_chroms=["chr2"], window=50_000
         )
-        arch = {"channels": 16, "dilations": (1, 2, 4, 8, 16, 32, 64)} if fast else {}
+        arch: dict[str, Any] = {"channels": 16, "dilations": (1, 2, 4, 8, 16, 32, 64)} if fast else {}
         denoiser = models.TrackDenoiser(setup, **arch)
         denoiser.train(max_epochs=2 if fast else 12, progress=False, random_state=random_state)
         denoiser.save(out / "denoiser_model", overwrite=True)
@@ -137,6 +140,7 @@ def run_demo(out_dir: PathLike, *, fast: bool = False, random_state: int = 0) ->
         peaks={"clean peaks": sim.peaks, "denoised calls": result.peaks},
         show=False,
     )
+    assert fig is not None  # show=False returns the figure
     path = out / "tracks.png"
     fig.savefig(path, dpi=120)
     outputs["tracks_figure"] = str(path)
@@ -153,6 +157,7 @@ def run_demo(out_dir: PathLike, *, fast: bool = False, random_state: int = 0) ->
         tl.vrnn_export(tc, path)
         outputs["timecourse_modules_table"] = str(path)
         fig = pl.vrnn_trajectories(tc, show=False)
+        assert fig is not None  # show=False returns the figure
         path = out / "timecourse_modules.png"
         fig.savefig(path, dpi=120)
         outputs["timecourse_modules_figure"] = str(path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from chromtools._utils import PathLike, atomic_output
@@ -106,7 +106,7 @@ def check_chrom_sizes(
     *,
     found_name: str = "the track",
     expected_name: str = "the chromosome sizes",
-    chroms: list[str] | None = None,
+    chroms: Sequence[str] | None = None,
 ) -> list[str]:
     """Check that ``found`` agrees with ``expected`` on the chromosomes in use.
 

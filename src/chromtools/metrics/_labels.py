@@ -10,6 +10,7 @@ import pandas as pd
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from numpy.typing import ArrayLike
 
 
 def _as_str(values, name: str) -> np.ndarray:
@@ -31,7 +32,7 @@ def _pair(y_true, y_pred) -> tuple[np.ndarray, np.ndarray]:
     return t, p
 
 
-def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
+def accuracy(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Fraction of cells whose predicted label equals the true label.
 
     Parameters
@@ -46,7 +47,7 @@ def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
     return float(accuracy_score(t, p))
 
 
-def classification_report(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
+def classification_report(y_true: ArrayLike, y_pred: ArrayLike) -> pd.DataFrame:
     """Per-class precision, recall, F1 and support, with each class's most frequent confusion.
 
     Parameters
@@ -88,7 +89,7 @@ def classification_report(y_true: Sequence, y_pred: Sequence) -> pd.DataFrame:
     return df.sort_values("support", ascending=False)
 
 
-def macro_f1(y_true: Sequence, y_pred: Sequence) -> float:
+def macro_f1(y_true: ArrayLike, y_pred: ArrayLike) -> float:
     """Unweighted mean over the true classes of the per-class F1 score.
 
     Classes that occur only among the predictions (e.g. ``'Unknown'``) are not averaged
@@ -100,7 +101,7 @@ def macro_f1(y_true: Sequence, y_pred: Sequence) -> float:
     return float(f1_score(t, p, labels=np.unique(t), average="macro", zero_division=0))
 
 
-def unknown_detection_auroc(is_unknown: Sequence[bool], uncertainty: Sequence[float]) -> float:
+def unknown_detection_auroc(is_unknown: ArrayLike, uncertainty: ArrayLike) -> float:
     """Area under the ROC curve of ``uncertainty`` for telling unknown cells from known ones.
 
     Parameters

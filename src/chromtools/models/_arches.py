@@ -46,7 +46,7 @@ def freeze_for_surgery(query_model, reference_state: dict[str, torch.Tensor]) ->
     -------
     One row per parameter: name, reference and query shape, number of trainable entries.
     """
-    rows = []
+    rows: list[tuple[str, tuple[int, ...] | None, tuple[int, ...], int]] = []
     for name, param in query_model.module.named_parameters():
         ref = reference_state.get(name)
         if ref is not None and ref.shape == param.shape:

@@ -12,6 +12,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from anndata import AnnData
@@ -47,7 +48,7 @@ class PeakReferenceModel(ArchesMixin, VAEMixin, UnsupervisedTrainingMixin, BaseM
         )
         set_model_format(self)
         if not hasattr(self, "reference_"):
-            self.reference_ = None
+            self.reference_: dict[str, Any] | None = None  # {"latent": ndarray, "obs": DataFrame}
 
     # -- training ------------------------------------------------------------------------------
     def train(

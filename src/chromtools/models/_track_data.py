@@ -7,6 +7,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -89,7 +90,7 @@ class TrackPair:
     noisy_mean: float = 0.0
     clean_mean: float = 0.0
     extra_means: tuple[float, ...] = ()
-    labels: PeakMask | None = None
+    labels: PeakMask = field(kw_only=True)  # the clean peaks as a mask; make_setup always sets it
 
 
 def input_transform(x: np.ndarray, scale: float) -> np.ndarray:
@@ -247,8 +248,8 @@ def make_setup(
         pairs.append(pair)
 
     genome: dict[str, int] = {}
-    for p in pairs:
-        genome.update(p.chrom_sizes)
+    for pair in pairs:
+        genome.update(pair.chrom_sizes)
     train, val, holdout = split_regions(genome, train_chroms, val_chroms, holdout_chroms)
     names = list(genome)
     index = {c: i for i, c in enumerate(names)}
@@ -301,7 +302,10 @@ def _resolve(regions: Sequence[str], genome: dict[str, int], what: str) -> list[
         if chrom not in genome:
             msg = f"{what} region {r!r}: chromosome '{chrom}' is not in the tracks' chromosome sizes ({list(genome)[:10]})."
             raise KeyError(msg)
-        start, end = (0, genome[chrom]) if start is None else (start, min(end, genome[chrom]))
+        if start is None or end is None:  # parse_region gives both or neither
+            start, end = 0, genome[chrom]
+        else:
+            end = min(end, genome[chrom])
         if start >= end:
             msg = f"{what} region {r!r} lies past the end of {chrom} ({genome[chrom]:,} bp)."
             raise ValueError(msg)
@@ -444,6 +448,14 @@ class TrackWindows(Dataset):
         }
 
 
+class _WindowOptions(TypedDict):
+    """The options a :class:`TrackDataModule` gives both of its :class:`TrackWindows`."""
+
+    pad: int
+    bin_size: int
+    depth_scaling: str
+
+
 class TrackDataModule(LightningDataModule):
     """Lightning data module over a :class:`TrackSetup` (training windows jittered, validation fixed)."""
 
@@ -462,7 +474,7 @@ class TrackDataModule(LightningDataModule):
             msg = f"window ({setup.window}) and pad ({pad}) must be multiples of the model's bin size ({bin_size})."
             raise ValueError(msg)
         self.setup_ = setup
-        kw = {"pad": pad, "bin_size": bin_size, "depth_scaling": depth_scaling}
+        kw: _WindowOptions = {"pad": pad, "bin_size": bin_size, "depth_scaling": depth_scaling}
         self.train_set = TrackWindows(setup, setup.train_windows, jitter=jitter, **kw)
         self.val_set = TrackWindows(setup, setup.val_windows, jitter=False, **kw)
         self.batch_size = batch_size

@@ -8,7 +8,7 @@ import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypedDict
 
 import numpy as np
 import scvi
@@ -29,6 +29,44 @@ logger = logging.getLogger(__name__)
 
 #: Version of the preprocessing spec layout; a saved model with another version is refused.
 SPEC_VERSION = 2
+
+
+class TrackSpec(TypedDict, total=False):
+    """The preprocessing spec of a :class:`TrackDenoiser` (``model.spec_``, saved with the model).
+
+    The architecture keys are set at construction; the track means and chromosome split when the
+    model is built from a :class:`TrackSetup`; ``monitor`` after training; the calibration
+    (``track_scale``, ``peak_threshold``, ``fdr*``, ``validation``) on the validation region.
+    """
+
+    spec_version: int
+    arch: str
+    arch_kwargs: dict[str, Any]
+    n_channels: int
+    window: int
+    pad: int
+    bin_size: int
+    receptive_field: int
+    depth_scaling: Literal["mean", "none"]
+    peak_merge_gap: int
+    peak_min_length: int
+    smooth: int
+    noisy_mean: float
+    clean_mean: float
+    extra_means: list[float]
+    depth_ratio: float
+    genome: dict[str, int]
+    train_chroms: list[str]
+    val_chroms: list[str]
+    holdout_chroms: list[str]
+    training_pairs: list[dict[str, Any]]
+    monitor: str
+    track_scale: float
+    peak_threshold: float
+    fdr_grid: list[float]
+    fdr: list[float]
+    fdr_n_peaks: int
+    validation: dict[str, Any]
 
 
 def _registry(n_channels: int, channel_names: list[str], window: int) -> dict:
@@ -180,13 +218,18 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
                 pad,
                 net.receptive_field,
             )
+        if setup is not None:
+            window = int(setup.window)
+        else:
+            assert registry is not None  # one of the two is given (checked above)
+            window = int(registry["setup_args"]["window"])
         self._setup = setup
-        self.spec_ = {
+        self.spec_: TrackSpec = {
             "spec_version": SPEC_VERSION,
             "arch": arch,
             "arch_kwargs": {k: (list(v) if isinstance(v, tuple) else v) for k, v in arch_kwargs.items()},
             "n_channels": int(n_channels),
-            "window": int(setup.window) if setup is not None else int(registry["setup_args"]["window"]),
+            "window": window,
             "pad": pad,
             "bin_size": bin_size,
             "receptive_field": int(net.receptive_field),
@@ -392,6 +435,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             monitor, mode = "validation_loss", "min"
         with tempfile.TemporaryDirectory(prefix="ct_denoiser_ckpt_") as ckpt_dir:
             distributed = is_distributed(strategy)
+            checkpoint: BestWeights | SaveCheckpoint
             if distributed:  # every process would save the same checkpoint folder at once: keep the best in memory
                 checkpoint = BestWeights(monitor=monitor, mode=mode)
             else:
@@ -428,7 +472,8 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
                     },
                     **trainer_kwargs,
                 )
-            best = checkpoint.best_score if distributed else checkpoint.best_model_score
+            # (the checkpoint is a BestWeights exactly when distributed)
+            best = checkpoint.best_score if isinstance(checkpoint, BestWeights) else checkpoint.best_model_score
             self.best_score_ = float(best) if best is not None else None
         self.spec_["monitor"] = monitor
         self.module.eval()
@@ -457,6 +502,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         from chromtools.models._track_peaks import PeakStream, fdr_curve
 
         setup, spec = self._setup, self.spec_
+        assert setup is not None  # train() checks it before calling this
         pad = spec["pad"]
         windows = TrackWindows(
             setup,

@@ -105,6 +105,7 @@ class _DilatedBlock(nn.Module):
         self.conv = nn.Conv1d(channels, channels, kernel, dilation=dilation, padding=dilation * (kernel - 1) // 2)
         self.mix = nn.Conv1d(channels, channels, 1)
         nn.init.zeros_(self.mix.weight)
+        assert self.mix.bias is not None  # Conv1d's default bias=True
         nn.init.zeros_(self.mix.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,6 +176,7 @@ class BinnedDilatedNet(nn.Module):
         if anchor:  # mixing weight 1/2 and offset 0 at the start
             self.mix_head = nn.ConvTranspose1d(channels, 2, 2 * b, stride=b, padding=b // 2)
             nn.init.zeros_(self.mix_head.weight)
+            assert self.mix_head.bias is not None  # ConvTranspose1d's default bias=True
             nn.init.zeros_(self.mix_head.bias)
         self.peak_hidden = nn.Conv1d(channels, channels, 1)
         self.peak_head = nn.ConvTranspose1d(channels, 1, 2 * b, stride=b, padding=b // 2)
@@ -202,10 +204,13 @@ class BinnedDilatedNet(nn.Module):
         return track, logits, context
 
 
-ARCHITECTURES = {"default": BinnedDilatedNet, "atacworks": AtacWorksNet}
+ARCHITECTURES: dict[str, type[BinnedDilatedNet] | type[AtacWorksNet]] = {
+    "default": BinnedDilatedNet,
+    "atacworks": AtacWorksNet,
+}
 
 
-def build_network(arch: str, n_channels: int, **kwargs) -> nn.Module:
+def build_network(arch: str, n_channels: int, **kwargs) -> BinnedDilatedNet | AtacWorksNet:
     """Build the network named ``arch`` (``'default'`` or ``'atacworks'``)."""
     if arch not in ARCHITECTURES:
         msg = f"Unknown architecture {arch!r}; use one of {list(ARCHITECTURES)}."

@@ -135,16 +135,17 @@ class VRNNModule(BaseModuleClass):
         n, T = x.shape
         parts = [mask.unsqueeze(-1) * self.phi_x(x.unsqueeze(-1)), mask.unsqueeze(-1)]
         if self.use_noise:
+            assert noise is not None  # inference() raises a clear error first
             parts.append(mask.unsqueeze(-1) * torch.log(noise.clamp_min(0.0) + 1e-3).unsqueeze(-1))
         inputs = torch.cat(parts, dim=-1)
         b = self.b0.expand(n, -1)
-        out = [None] * T
+        out: list[torch.Tensor] = []  # b_T … b_1, reversed below
         for t in range(T - 1, -1, -1):
             if t < T - 1:
                 b = self.decay(dt[:, t + 1], backward=True) * b
             b = self.backward_rnn(inputs[:, t], b)
-            out[t] = b
-        return torch.stack(out, dim=1)
+            out.append(b)
+        return torch.stack(out[::-1], dim=1)
 
     # -- scvi-tools module API -------------------------------------------------------------------
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict[str, torch.Tensor]:

@@ -186,15 +186,16 @@ def _from_peaks(adata: AnnData, windows: pd.DataFrame, layer: str | None) -> tup
     ps, pe = peaks["start"].to_numpy(np.int64), peaks["end"].to_numpy(np.int64)
     wchrom = windows["chrom"].astype(str).to_numpy()
     ws, we = windows["window_start"].to_numpy(np.int64), windows["window_end"].to_numpy(np.int64)
-    rows, cols = [], []
+    row_parts: list[np.ndarray] = []
+    col_parts: list[np.ndarray] = []
     for c in np.intersect1d(np.unique(wchrom), np.unique(chrom)):
         wi = np.flatnonzero(wchrom == c)
         pi = np.flatnonzero(chrom == c)
         w, p = _overlap_pairs(ws[wi], we[wi], ps[pi], pe[pi])
-        rows.append(pi[p])
-        cols.append(wi[w])
-    rows = np.concatenate(rows) if rows else np.empty(0, np.int64)
-    cols = np.concatenate(cols) if cols else np.empty(0, np.int64)
+        row_parts.append(pi[p])
+        col_parts.append(wi[w])
+    rows = np.concatenate(row_parts) if row_parts else np.empty(0, np.int64)
+    cols = np.concatenate(col_parts) if col_parts else np.empty(0, np.int64)
     M = sp.csr_matrix((np.ones(rows.size, np.float32), (rows, cols)), shape=(adata.n_vars, len(windows)))
     X = sp.csr_matrix(X) if sp.issparse(X) else sp.csr_matrix(np.asarray(X))
     n_features = np.asarray(M.sum(0)).ravel().astype(np.int64)

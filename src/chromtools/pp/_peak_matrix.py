@@ -430,7 +430,12 @@ def peak_matrix(
     table = peak_table(peaks, mod=mod)
     index = IntervalIndex(table["chrom"], table["start"], table["end"])
     fixed = barcodes is not None or obs is not None
-    cells = pd.Index(barcodes if barcodes is not None else obs.index).astype(str) if fixed else pd.Index([])
+    if barcodes is not None:
+        cells = pd.Index(barcodes).astype(str)
+    elif obs is not None:
+        cells = pd.Index(obs.index).astype(str)
+    else:
+        cells = pd.Index([])
     if fixed and cells.has_duplicates:
         msg = "The cell barcodes are not unique; make obs_names (or barcodes=) unique first."
         raise ValueError(msg)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypedDict, cast, overload
 
 import numpy as np
 import pandas as pd
@@ -85,7 +85,7 @@ def _resolve_device(accelerator: str, devices) -> torch.device:
 
 def _check_inputs(
     noisy: Path,
-    spec: dict,
+    spec: Mapping[str, Any],  # a TrackDenoiser's spec_
     extra: Sequence[PathLike],
     chrom_sizes: PathLike | Mapping[str, int] | None,
     chroms: Sequence[str] | None,
@@ -142,6 +142,78 @@ def _check_inputs(
 
 def _round(values: np.ndarray, decimals: int | None) -> np.ndarray:
     return values if decimals is None else np.round(values, decimals)
+
+
+class _DenoiseOptions(TypedDict):
+    """The options :func:`denoise` passes on unchanged for each of several bigWigs."""
+
+    extra: Sequence[PathLike]
+    window: int | None
+    batch_size: int
+    threshold: float | None
+    merge_gap: int | None
+    min_length: int | None
+    blacklist: PathLike | pd.DataFrame | None
+    decimals: int | None
+    zoom_levels: int
+    check_genome: bool
+    accelerator: str
+    devices: int | list[int] | str
+
+
+# A str is also a Sequence[str]: one path matches the first overload, which wins.
+@overload
+def denoise(  # type: ignore[overload-overlap]
+    noisy: PathLike,
+    model: TrackDenoiser | PathLike,
+    out_prefix: PathLike,
+    *,
+    extra: Sequence[PathLike] = (),
+    chrom_sizes: PathLike | Mapping[str, int] | None = None,
+    chroms: Sequence[str] | None = None,
+    window: int | None = None,
+    batch_size: int = 8,
+    threshold: float | None = None,
+    merge_gap: int | None = None,
+    min_length: int | None = None,
+    blacklist: PathLike | pd.DataFrame | None = None,
+    decimals: int | None = 1,
+    zoom_levels: int = 10,
+    input_means: Sequence[float] | None = None,
+    check_genome: bool = True,
+    accelerator: str = "auto",
+    devices: int | list[int] | str = "auto",
+    progress: bool = True,
+    client: Client | str | None = None,
+    n_workers: int | None = None,
+) -> DenoiseResult: ...
+
+
+@overload
+def denoise(
+    noisy: Sequence[PathLike],
+    model: TrackDenoiser | PathLike,
+    out_prefix: Sequence[PathLike],
+    *,
+    extra: Sequence[PathLike] = (),
+    chrom_sizes: PathLike | Mapping[str, int] | None = None,
+    chroms: Sequence[str] | None = None,
+    window: int | None = None,
+    batch_size: int = 8,
+    threshold: float | None = None,
+    merge_gap: int | None = None,
+    min_length: int | None = None,
+    blacklist: PathLike | pd.DataFrame | None = None,
+    decimals: int | None = 1,
+    zoom_levels: int = 10,
+    input_means: Sequence[float] | None = None,
+    check_genome: bool = True,
+    accelerator: str = "auto",
+    devices: int | list[int] | str = "auto",
+    progress: bool = True,
+    client: Client | str | None = None,
+    n_workers: int | None = None,
+) -> list[DenoiseResult]: ...
 
 
 @doc_params
@@ -256,9 +328,10 @@ def denoise(
         if input_means is not None:
             msg = "input_means describes one bigWig; with several bigWigs or client=, each sample's means are computed."
             raise ValueError(msg)
-        noisy_list = list(noisy) if several else [noisy]
-        prefixes = list(out_prefix) if several else [out_prefix]
-        opts = {
+        noisy_list = [noisy] if isinstance(noisy, str | os.PathLike) else list(noisy)
+        # the overloads pair one bigWig with one output prefix, and a list with a list
+        prefixes = list(cast("Sequence[PathLike]", out_prefix)) if several else [cast("PathLike", out_prefix)]
+        opts: _DenoiseOptions = {
             "extra": extra,
             "window": window,
             "batch_size": batch_size,
@@ -291,10 +364,11 @@ def denoise(
                 **opts,
             )
         return results if several else results[0]
+    assert isinstance(noisy, str | os.PathLike)  # `several` is False
     return _denoise_one(
         noisy,
         model,
-        out_prefix,
+        cast("PathLike", out_prefix),
         extra=extra,
         chrom_sizes=chrom_sizes,
         chroms=chroms,
@@ -408,10 +482,13 @@ def _denoise_one(
     try:
         with contextlib.ExitStack() as outputs:
             out_track, out_prob = (
-                outputs.enter_context(
-                    _ArrayShard(paths[f"{k}.npy"], sizes)
-                    if shard
-                    else BigWigWriter(paths[f"{k}.bw"], sizes, zoom_levels=zoom_levels)
+                cast(  # mypy joins the two context managers to `object`; both have add(chrom, values, start=)
+                    "_ArrayShard | BigWigWriter",
+                    outputs.enter_context(
+                        _ArrayShard(paths[f"{k}.npy"], sizes)
+                        if shard
+                        else BigWigWriter(paths[f"{k}.bw"], sizes, zoom_levels=zoom_levels)
+                    ),
                 )
                 for k in ("track", "peakprob")
             )

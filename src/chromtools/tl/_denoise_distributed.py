@@ -205,16 +205,15 @@ def denoise_distributed(
 
     from ._denoise import DenoiseResult, _check_inputs, _write_empty
 
-
     if len(noisy) != len(out_prefixes):
         msg = f"Got {len(noisy)} noisy bigWigs but {len(out_prefixes)} output prefixes; pass one prefix per sample."
         raise ValueError(msg)
     kwargs.pop("progress", None)  # workers never show a bar
     t0 = time.perf_counter()
-    out_prefixes = [Path(p) for p in out_prefixes]
-    for p in out_prefixes:
+    prefixes = [Path(p) for p in out_prefixes]
+    for p in prefixes:
         p.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".chromtools-shards-", dir=out_prefixes[0].parent))
+    work = Path(tempfile.mkdtemp(prefix=".chromtools-shards-", dir=prefixes[0].parent))
     try:
         if isinstance(model, TrackDenoiser):
             model_dir = work / "model"
@@ -241,7 +240,7 @@ def denoise_distributed(
             else None
             for n in noisy
         ]
-        paths = [{k: Path(f"{p}.{k}") for k in ("track.bw", "peakprob.bw", "peaks.narrowPeak")} for p in out_prefixes]
+        paths = [{k: Path(f"{p}.{k}") for k in ("track.bw", "peakprob.bw", "peaks.narrowPeak")} for p in prefixes]
         with dask_client(client, n_workers) as dc:
             # every worker imports torch and loads the model once, in parallel, before the tasks start
             dc.run(_worker_model, str(model_dir))

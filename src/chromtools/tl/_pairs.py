@@ -9,7 +9,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from chromtools._docs import doc_params
 from chromtools._utils import PathLike
@@ -47,6 +47,18 @@ class TrainingPair:
     n_cells_noisy: int
     n_cells_clean: int
     chrom_sizes: Path
+
+
+class _CoverageOptions(TypedDict):
+    """The options both tracks of a training pair share (:func:`chromtools.io.pseudobulk_coverage`)."""
+
+    groups: Sequence[str]
+    fragments: PathLike | None
+    chrom_sizes: PathLike | Mapping[str, int] | None
+    chroms: Sequence[str] | None
+    smooth: int
+    mod: str | None
+    progress: bool
 
 
 @doc_params
@@ -108,7 +120,7 @@ def training_pair(
     The paths of the pair and its labels.
     """
     out = Path(out_dir)
-    common = {
+    common: _CoverageOptions = {
         "groups": [group],
         "fragments": fragments,
         "chrom_sizes": chrom_sizes,

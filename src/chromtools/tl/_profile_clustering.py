@@ -73,8 +73,11 @@ def fuzzy_cmeans(
     if m <= 1.0:
         msg = f"The fuzzifier m must be above 1, got {m}."
         raise ValueError(msg)
+    if n_init < 1:
+        msg = f"n_init must be at least 1, got {n_init}."
+        raise ValueError(msg)
     rng = np.random.default_rng(seed)
-    best = None
+    best: tuple[np.ndarray, np.ndarray, float] | None = None
     for _ in range(n_init):
         U = rng.dirichlet(np.ones(k), size=n)
         for _ in range(max_iter):
@@ -90,6 +93,7 @@ def fuzzy_cmeans(
         objective = float(((U**m) * d2).sum())
         if best is None or objective < best[2]:
             best = (U, C, objective)
+    assert best is not None  # n_init >= 1 starts ran
     return best[0], best[1], m
 
 

@@ -8,21 +8,24 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
+if TYPE_CHECKING:
+    from scvi.model.base import BaseModelClass
+
 REFERENCE_KINDS = ("peakscanvi", "peaktrvae", "peakvi", "poissonvi", "multivi")
 
 
-def _model_classes() -> dict[str, type]:
+def _model_classes() -> dict[str, type[BaseModelClass]]:
     from chromtools.models import PeakSCANVI, PeakTRVAE
 
     return {"peakscanvi": PeakSCANVI, "peaktrvae": PeakTRVAE}
 
 
-def _scvi_class(kind: str) -> type:
+def _scvi_class(kind: str) -> type[BaseModelClass]:
     import scvi
 
     if kind == "peakvi":
@@ -37,7 +40,7 @@ def _scvi_class(kind: str) -> type:
 
 @dataclass
 class _Reference:
-    cls: type
+    cls: type[BaseModelClass]  # an scvi-tools model class with ArchesMixin (load_query_data)
     source: Any  # the model instance, or the folder as str
     registry: dict
     var_names: pd.Index | dict[str, pd.Index]
@@ -56,7 +59,7 @@ class _Reference:
         return None if field is None else field.get("state_registry", {})
 
 
-def _find_model_class(name: str) -> type:
+def _find_model_class(name: str) -> type[BaseModelClass]:
     import scvi
 
     ours = {cls.__name__: cls for cls in _model_classes().values()}

@@ -179,7 +179,7 @@ def train_reference(
     seed_all(random_state)
     try:
         with quiet_training_warnings():
-            if model in ("peakscanvi", "peaktrvae"):
+            if model == "peakscanvi" or model == "peaktrvae":  # (`in` would not narrow the Literal for mypy)
                 cls = _model_classes()[model]
                 setup = {"layer": layer, "batch_key": batch_key}
                 if model == "peakscanvi":

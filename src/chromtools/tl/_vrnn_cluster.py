@@ -39,7 +39,7 @@ FLAT_QVALUE = 0.05
 
 def _clean_params(params: Mapping) -> dict:
     """Parameters in a form h5ad can store (no None, tuples as lists)."""
-    out = {}
+    out: dict[str, object] = {}
     for key, value in params.items():
         if value is None:
             out[key] = "None"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from anndata import AnnData
@@ -19,6 +20,9 @@ from chromtools.tl._profile_clustering import (
     sample_memberships,
 )
 
+if TYPE_CHECKING:
+    from chromtools.models import VRNN
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,7 +35,7 @@ class _Fit:
     reconstruction: np.ndarray
     history: dict[str, np.ndarray]
     model_summary: str
-    model: object | None
+    model: VRNN | None  # None for the baselines on the standardised profiles
 
 
 def _history(model) -> dict[str, np.ndarray]:
@@ -114,6 +118,7 @@ def _assign(fit: _Fit, method: str, k: int, seed: int, n_samples: int) -> tuple[
         return labels, memberships
     labels, centers = _kmeans(features, k, seed)
     if method == "vrnn" and n_samples > 0:
+        assert fit.model is not None  # _embed trains a VRNN for method 'vrnn'
         samples = fit.model.get_latent_samples(n_samples=n_samples, random_state=seed)
         return labels, sample_memberships(samples, centers)
     return labels, gaussian_memberships(features, labels, centers)

@@ -147,6 +147,7 @@ def vrnn_stability(
             from chromtools.models import VRNN
 
             VRNN.setup_anndata(summary)
+            assert fit.model is not None  # method='genes' requires the 'vrnn' clustering (checked above)
             fit = _Fit(summary, fit.model.get_latent_representation(summary), fit.reconstruction, {}, "", fit.model)
         labels, _ = _assign(fit, cluster_method, k, seed, n_samples=0)
         full = np.full(pos.size, -1)
