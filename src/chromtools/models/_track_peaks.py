@@ -157,8 +157,8 @@ def score_peaks(
 
     Returns
     -------
-    The table with ``pValue = -log10 P(Poisson(background) >= summit value)``, ``qValue =
-    -log10 FDR`` and ``score = round(1000 * (1 - FDR))`` (an estimated precision, 0-1000).
+    The table with ``pValue = -log10 P(Poisson(background) >= summit value)``,
+    ``qValue = -log10 FDR`` and ``score = round(1000 * (1 - FDR))`` (an estimated precision, 0-1000).
     """
     peaks = peaks.copy()
     peaks["pValue"] = poisson_log10_pvalue(peaks["summit_value"].to_numpy(), background) if len(peaks) else []
