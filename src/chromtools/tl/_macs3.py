@@ -63,7 +63,7 @@ def macs3_peaks(
     max_gap: int = 30,
     local_window: int = 10_000,
 ) -> pd.DataFrame:
-    """Call peaks on a coverage bigWig with MACS3's peak caller (``macs3 bdgpeakcall``), in process.
+    """Call peaks on a coverage bigWig with MACS3's peak caller (``macs3 bdgpeakcall``), in process (file in, table and optional narrowPeak file out).
 
     Each base gets a Poisson p-score, ``-log10 P(X >= coverage)``, against a background rate
     ``max(chromosome mean, mean over local_window bp)`` (MACS' local lambda, from the track itself
