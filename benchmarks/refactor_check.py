@@ -178,22 +178,16 @@ def main() -> None:
             ["git", "worktree", "add", "--detach", str(tree), args.before], cwd=ROOT, check=True, capture_output=True
         )
         try:
-            env = {**os.environ, "PYTHONPATH": str(tree / "src")}
-            subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--run", str(Path(tmp) / "before.json")],
-                cwd=tree,
-                env=env,
-                check=True,
-            )
-            env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-            subprocess.run(
-                [sys.executable, str(Path(__file__).resolve()), "--run", str(Path(tmp) / "after.json")],
-                cwd=ROOT,
-                env=env,
-                check=True,
-            )
-            before = json.loads((Path(tmp) / "before.json").read_text())
-            after = json.loads((Path(tmp) / "after.json").read_text())
+            prints = {}
+            for name, checkout in (("before", tree), ("after", ROOT)):
+                prints[name] = Path(tmp) / f"{name}.json"
+                subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--run", str(prints[name])],
+                    cwd=checkout,
+                    env={**os.environ, "PYTHONPATH": str(checkout / "src")},
+                    check=True,
+                )
+            before, after = (json.loads(prints[k].read_text()) for k in ("before", "after"))
         finally:
             subprocess.run(
                 ["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False, capture_output=True
