@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -16,6 +15,8 @@ import scipy.sparse as sp
 
 from chromtools._docs import doc_params
 from chromtools._utils import PathLike, get_modality
+
+from ._fragment_blocks import fragment_chunks
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -29,8 +30,6 @@ COUNTINGS = ("fragments", "cut_sites")
 # Chromosomes are laid end to end on one int64 axis, 2**40 bp apart (longer than any chromosome),
 # so one searchsorted over all peaks answers every fragment of a chunk, whatever its chromosome.
 _CHROM_STRIDE = np.int64(1) << np.int64(40)
-#: Decompressed bytes per parsed block (about 90,000 fragments): small enough for threads to overlap.
-_BLOCK_BYTES = 4 << 20
 
 
 # ----------------------------------------------------------------------------------------------
@@ -141,9 +140,12 @@ class IntervalIndex:
         self.cummax_end = np.maximum.accumulate(self.end)
         self.n = int(start.size)
 
-    def chrom_offsets(self, chrom: pd.Series | np.ndarray) -> np.ndarray:
-        """Genome-axis offset of each chromosome name (-1 for chromosomes without intervals)."""
-        cat = pd.Categorical(chrom)
+    def chrom_offsets(self, chrom: pd.Categorical | np.ndarray) -> np.ndarray:
+        """Genome-axis offset of each chromosome name (-1 for chromosomes without intervals).
+
+        A categorical is used as it is (its codes), without factorising the names again.
+        """
+        cat = chrom if isinstance(chrom, pd.Categorical) else pd.Categorical(chrom)
         codes = self.chroms.get_indexer(cat.categories)
         off = np.where(codes >= 0, codes.astype(np.int64) * _CHROM_STRIDE, -1)
         return off[cat.codes] if cat.codes.size else np.empty(0, np.int64)
@@ -206,106 +208,6 @@ def peak_overlaps(query, reference, *, mod: str | None = None, min_overlap_bp: i
             "overlap_bp": bp,
         }
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# reading fragments
-# ----------------------------------------------------------------------------------------------
-def _text_blocks(path: Path, block_bytes: int):
-    """Decompressed text of the file in blocks that end at a line end."""
-    import gzip
-
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    opener = gzip.open if magic == b"\x1f\x8b" else open
-    rest = b""
-    with opener(path, "rb") as fh:
-        while True:
-            data = fh.read(block_bytes)
-            if not data:
-                break
-            data = rest + data
-            cut = data.rfind(b"\n") + 1
-            if cut == 0:
-                rest = data
-                continue
-            yield data[:cut]
-            rest = data[cut:]
-    if rest.strip():
-        yield rest + b"\n"
-
-
-def _prefetch(iterator, depth: int = 2):
-    """Run ``iterator`` in a background thread (decompression releases the GIL, so it overlaps parsing)."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-
-    def work():
-        try:
-            for item in iterator:
-                q.put(item)
-        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which re-raises it
-            q.put(err)
-        q.put(done)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    while True:
-        item = q.get()
-        if item is done:
-            break
-        if isinstance(item, BaseException):
-            raise item
-        yield item
-    thread.join()
-
-
-def _parse_block(block: bytes) -> pd.DataFrame:
-    import io
-
-    return pd.read_csv(
-        io.BytesIO(block),
-        sep="\t",
-        header=None,
-        comment="#",
-        usecols=[0, 1, 2, 3],
-        names=["chrom", "start", "end", "barcode"],
-        dtype={"chrom": "category", "start": np.int64, "end": np.int64, "barcode": "category"},
-        engine="c",
-    )
-
-
-def _fragment_chunks(path: Path, chunksize: int, n_jobs: int):
-    """Stream (chrom, start, end, barcode) chunks; chrom and barcode as categoricals (fast to map).
-
-    Decompression runs in a background thread and up to ``n_jobs`` blocks are parsed at once
-    (zlib and pandas' tokenizer release the GIL); at most ``n_jobs + 2`` blocks are held.
-    """
-    import gzip
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
-
-    try:
-        with ThreadPoolExecutor(max_workers=max(n_jobs, 1)) as pool:
-            pending: deque = deque()
-            for block in _prefetch(_text_blocks(path, min(max(chunksize, 1) * 48, _BLOCK_BYTES))):
-                pending.append(pool.submit(_parse_block, block))
-                if len(pending) >= max(n_jobs, 1):
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-    except (EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) as err:
-        msg = f"Fragments file '{path}' is corrupt or truncated ({err}); re-create it with `bgzip`."
-        raise ValueError(msg) from None
-    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
-        msg = (
-            f"Fragments file '{path}' could not be parsed as 'chrom start end barcode [count]' with integer "
-            f"coordinates ({err})."
-        )
-        raise ValueError(msg) from None
 
 
 def _resolve_input(data, fragments, mod) -> tuple[Path, pd.DataFrame | None]:
@@ -447,7 +349,7 @@ def peak_matrix(
     n_read = 0
     t0, c0 = time.perf_counter(), time.process_time()
     n_jobs = int(n_jobs or min(2, os.cpu_count() or 1))
-    for chunk in _fragment_chunks(path, chunksize, n_jobs):
+    for chunk in fragment_chunks(path, chunksize, n_jobs):
         validate_fragments(chunk, path, n_read + 1, unit="fragment", check_barcodes=False)
         n_read += len(chunk)
         bc = chunk["barcode"].cat
@@ -465,7 +367,7 @@ def peak_matrix(
             totals = np.pad(totals, (0, n_rows - totals.size))
             in_peaks = np.pad(in_peaks, (0, n_rows - in_peaks.size))
         _add_counts(totals, rows[keep])
-        off = index.chrom_offsets(chunk["chrom"].to_numpy())
+        off = index.chrom_offsets(chunk["chrom"].array)
         off[~keep] = -1
         start = chunk["start"].to_numpy()
         end = chunk["end"].to_numpy()
