@@ -17,7 +17,8 @@ Protocol (three disjoint uses of the data)
              mapped (a) through overlap alignment (ct.tl.map_query feature_matching='auto') and (b) after
              re-counting its fragments in the reference's peaks with ct.pp.peak_matrix.
     peak_matrix  ct.pp.peak_matrix on the real PBMC fragments (counts checked against a per-peak count) and on a
-             simulated 4-million-fragment file: fragments per second (wall and per CPU-second).
+             simulated 4-million-fragment file: fragments per second (wall and per CPU-second). This task runs
+             alone, before the others start (ALONE).
 
 Methods (report split)
     chromtools      ct.tl.train_reference (PeakSCANVI, semi-supervised) + ct.tl.map_query + ct.tl.transfer_labels
@@ -487,6 +488,8 @@ TASKS = {
     "scanvi_200": (task_scvi, []),
     "poissonvi_200": (task_scvi, []),
 }
+#: speed-only tasks: run one at a time, before the others start, so that nothing shares their cores
+ALONE = ["peak_matrix"]
 #: start order when a worker frees up (dependencies permitting): long peers early, POISSONVI last
 ORDER = ["choose", "peakvi_200", "scanvi_200", "chromtools", "heldout", "lsi", "peak_matrix", "poissonvi_200"]
 
@@ -611,7 +614,7 @@ def targets(res: dict) -> dict:
             "value_per_cpu_second": pm["pbmc_fragments"]["fragments_per_cpu_second"],
             "simulated_4M_best": max(pm[k]["fragments_per_second"] for k in pm if k.startswith("simulated_4M")),
             "met": fps >= 2e6,
-            "note": "shared 2-core machine under load from other jobs",
+            "note": "median of 5 calls; the task ran alone, before the others started",
         }
         out["peak_matrix_identical_to_reference_count"] = {
             "value": pm["pbmc_identical_to_per_peak_count"],
@@ -642,12 +645,17 @@ def main(argv=None) -> None:
     import scvi
 
     start = time.perf_counter()
-    results = schedule(names, args.workers, args.threads, deadline)
+    results = schedule([n for n in names if n in ALONE], 1, args.threads, deadline)
+    results.update(schedule([n for n in names if n not in ALONE], args.workers, args.threads, deadline))
     summary = {
         "description": __doc__.split("\n\n")[0],
         "command": "python benchmarks/mapping.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "git_commit": git_commit(),
-        "machine": {**machine(), "scvi_tools": scvi.__version__, "note": "2 cores shared with other jobs"},
+        "machine": {
+            **machine(),
+            "scvi_tools": scvi.__version__,
+            "note": f"up to {args.workers} tasks at once; {', '.join(ALONE)} ran alone, before them",
+        },
         "workers": args.workers,
         "threads_per_task": args.threads,
         "n_neighbors": N_NEIGHBORS,
