@@ -257,9 +257,10 @@ def peak_matrix(
     The job of Signac's ``FeatureMatrix`` and SnapATAC2's ``make_peak_matrix``: typically, to
     count a query's fragments in a reference model's peaks (``peaks=reference_adata``) before
     :func:`chromtools.tl.map_query`. The fragments file is streamed in chunks of ``chunksize``
-    rows (memory is bounded by one chunk plus the sparse result, not by the file), and every
-    chunk is answered by one vectorised ``searchsorted`` over all peaks; nested or overlapping
-    peaks are handled.
+    rows (memory is bounded by one chunk plus the sparse result, not by the file), lines are
+    tokenised with numpy (pandas' parser takes blocks that are not regular tab-separated lines),
+    and every chunk is answered by one vectorised ``searchsorted`` over all peaks; nested or
+    overlapping peaks are handled.
 
     Counting rules (0-based half-open fragments, as in 10x ``fragments.tsv.gz``):
 
