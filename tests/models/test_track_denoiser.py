@@ -221,6 +221,39 @@ def test_choice_and_calibration_on_validation_region(tiny_model):
     assert fdr.shape == (101,) and (np.diff(fdr) <= 1e-12).all() and 0 <= fdr.min() <= fdr.max() <= 1
 
 
+def test_track_calibration_is_fitted_on_validation_and_applied(tiny_model):
+    from chromtools.models._track_denoiser import CALIBRATION_WIDTHS
+
+    spec, val = tiny_model.spec_, tiny_model.spec_["validation"]
+    cal = spec["track_calibration"]
+    assert cal["width"] in CALIBRATION_WIDTHS and len(cal["coef"]) == len(cal["features"]) == 4
+    # the plain scale is one candidate (coefficients [scale, 0, 0, 0]): the chosen one is never worse
+    assert cal["mse"] <= val["track_mse_after_scale"] + 1e-9
+    assert cal["mse"] == pytest.approx(min([val["track_mse_after_scale"], *cal["mse_per_width"].values()]))
+    rng = np.random.default_rng(0)
+    x = np.log1p(rng.poisson(2.0, (2, spec["n_channels"], 4_096)).astype(np.float32))
+    raw, probs = tiny_model.predict_windows(x)
+    track, probs2 = tiny_model.predict_windows(x, calibrated=True)
+    np.testing.assert_array_equal(probs, probs2)
+    assert (track >= 0).all()
+    # by hand: a*t + b*s + c*p*s + d*p*t, s the depth-normalised noisy input averaged over `width` bases
+    a, b, c, d = cal["coef"]
+    w = cal["width"]
+    s = np.convolve(np.expm1(x[0, 0]), np.ones(w) / w, mode="same") if w > 1 else np.expm1(x[0, 0])
+    expected = np.maximum(a * raw[0] + b * s + c * probs[0] * s + d * probs[0] * raw[0], 0)
+    np.testing.assert_allclose(track[0], expected, rtol=1e-4, atol=1e-4)
+    # a model saved before the calibration existed falls back to its scale
+    old = dict(spec)
+    del old["track_calibration"]
+    tiny_model.spec_ = old
+    try:
+        np.testing.assert_allclose(
+            tiny_model.predict_windows(x, calibrated=True)[0], raw * spec["track_scale"], rtol=1e-6
+        )
+    finally:
+        tiny_model.spec_ = spec
+
+
 def test_anchored_track_mixes_input_and_context(small_arch):
     # at initialisation: log1p(track) = (log1p(noisy / mean) + log1p(context)) / 2
     net = BinnedDilatedNet(**small_arch)

@@ -35,7 +35,7 @@ def test_macs3_on_real_hsc_reproduces_clean_labels(shared_data):
 
 @pytest.mark.parametrize(("n", "width"), [(1_000, 10), (1_001, 11), (5_000, 100), (20, 7)])
 def test_box_mean_is_the_centred_moving_average(n, width):
-    from chromtools.tl._macs3 import box_mean
+    from chromtools._utils import box_mean
 
     x = np.random.default_rng(n).random(n).astype(np.float32)
     np.testing.assert_allclose(box_mean(x, width), np.convolve(x, np.ones(width) / width, mode="same"), atol=1e-6)

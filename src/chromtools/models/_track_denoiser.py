@@ -20,7 +20,15 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from scvi.train import SaveCheckpoint
 
 from chromtools._docs import doc_params
-from chromtools._utils import PathLike, atomic_output, quiet_lightning, quiet_scvi, seed_all, seeded
+from chromtools._utils import (
+    PathLike,
+    atomic_output,
+    box_mean,
+    quiet_lightning,
+    quiet_scvi,
+    seed_all,
+    seeded,
+)
 from chromtools.models._distributed import BestWeights, is_distributed
 from chromtools.models._track_data import TrackDataModule, TrackSetup, make_setup, pad_for
 from chromtools.models._track_module import AUPRC_METRIC, TrackDenoiserModule, TrackTrainingPlan
@@ -29,6 +37,16 @@ logger = logging.getLogger(__name__)
 
 #: Version of the preprocessing spec layout; a saved model with another version is refused.
 SPEC_VERSION = 2
+#: Widths (bp) of the smoothed noisy track tried by the track calibration (1: not smoothed).
+CALIBRATION_WIDTHS = (1, 51, 101, 201, 401, 801)
+#: The calibration's features, in the order of its coefficients.
+CALIBRATION_FEATURES = ("track", "smoothed_noisy", "peak_prob*smoothed_noisy", "peak_prob*track")
+
+
+def _calibration_features(track: np.ndarray, probs: np.ndarray, x0: np.ndarray, width: int) -> np.ndarray:
+    """The calibration's features of one window, ``(4, length)`` (see :meth:`TrackDenoiser.calibrate_track`)."""
+    noisy = box_mean(np.expm1(x0).astype(np.float32), width)  # depth-normalised units, like the track
+    return np.stack([track, noisy, probs * noisy, probs * track])
 
 
 class TrackSpec(TypedDict, total=False):
@@ -36,7 +54,8 @@ class TrackSpec(TypedDict, total=False):
 
     The architecture keys are set at construction; the track means and chromosome split when the
     model is built from a :class:`TrackSetup`; ``monitor`` after training; the calibration
-    (``track_scale``, ``peak_threshold``, ``fdr*``, ``validation``) on the validation region.
+    (``track_scale``, ``track_calibration``, ``peak_threshold``, ``fdr*``, ``validation``) on the
+    validation region.
     """
 
     spec_version: int
@@ -62,6 +81,7 @@ class TrackSpec(TypedDict, total=False):
     training_pairs: list[dict[str, Any]]
     monitor: str
     track_scale: float
+    track_calibration: dict[str, Any]
     peak_threshold: float
     fdr_grid: list[float]
     fdr: list[float]
@@ -109,8 +129,10 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
 
     The denoised track is in clean-track units: the network predicts coverage divided by its mean,
     and inference multiplies it back by the clean depth expected for the input (its mean coverage
-    times the clean/noisy depth ratio of the training pairs, ``spec['depth_ratio']``) and by the
-    scale fitted on the validation region (``spec['track_scale']``). The preprocessing spec
+    times the clean/noisy depth ratio of the training pairs, ``spec['depth_ratio']``), after the
+    calibration fitted on the validation region (``spec['track_calibration']``, see
+    :meth:`calibrate_track`; models saved before it existed use the scale ``spec['track_scale']``).
+    The preprocessing spec
     (window, padding, bin size, smoothing, depth scaling, splits, threshold and calibrations, the
     training genome) travels with the model through :meth:`save`/:meth:`load` and is checked at
     inference.
@@ -519,15 +541,23 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         streams: dict[tuple, list[PeakStream]] = {}
         sums = np.zeros(5)  # sum t*y, sum t*t, sum y, sum y*y, n over masked bases (normalised units)
         sum_t = 0.0
+        n_feat = len(CALIBRATION_FEATURES)
+        gram = {w: np.zeros((n_feat, n_feat)) for w in CALIBRATION_WIDTHS}  # F'F and F'y of each width
+        cross = {w: np.zeros(n_feat) for w in CALIBRATION_WIDTHS}
         for b in range(0, len(windows), batch_size):
             items = [windows[i] for i in range(b, min(b + batch_size, len(windows)))]
-            track, probs = self.predict_windows(np.stack([it[X_KEY].numpy() for it in items]))
+            xs = np.stack([it[X_KEY].numpy() for it in items])
+            track, probs = self.predict_windows(xs)
             for k, it in enumerate(items):
                 pi, ci, start, rs, re = (int(v) for v in setup.val_windows[b + k])
                 keep = it[MASK_KEY].numpy() > 0
                 t, p, y = track[k][keep], probs[k][keep], it[TARGET_KEY].numpy()[keep]
                 sums += (float(np.dot(t, y)), float(np.dot(t, t)), float(y.sum()), float(np.dot(y, y)), t.size)
                 sum_t += float(t.sum())
+                for w in CALIBRATION_WIDTHS:
+                    f = _calibration_features(track[k], probs[k], xs[k, 0], w)[:, keep].astype(np.float64)
+                    gram[w] += f @ f.T
+                    cross[w] += f @ y
                 key = (pi, setup.chrom_names[ci], rs, re)
                 if key not in streams:
                     streams[key] = [
@@ -541,6 +571,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         n = sums[4]
         mse_before = (sums[1] - 2 * sums[0] + sums[3]) / n
         mse_after = (scale**2 * sums[1] - 2 * scale * sums[0] + sums[3]) / n
+        calibration = self._fit_calibration(gram, cross, sums[3], n, scale, mse_after)
         # peaks of every threshold, matched one to one against the labels of the same pair and region
         truth = {}
         for pi, chrom, rs, re in streams:
@@ -567,6 +598,7 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
         spec.update(
             {
                 "track_scale": float(scale),
+                "track_calibration": calibration,
                 "peak_threshold": rules[best][0],
                 "peak_merge_gap": rules[best][1],
                 "fdr_grid": fdr_grid.tolist(),
@@ -582,12 +614,14 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
                     "n_peaks_true": int(n_true),
                     "track_mse_before_scale": float(mse_before),
                     "track_mse_after_scale": float(mse_after),
+                    "track_mse_after_calibration": calibration["mse"],
                     "track_mean_ratio": float(sum_t / max(sums[2], 1e-12)),
                 },
             }
         )
         logger.info(
-            "Validation %s: peak threshold %.2f, merge gap %d bp (one-to-one peak F1 %.3f), track scale %.3f (MSE %.3g -> %.3g)",
+            "Validation %s: peak threshold %.2f, merge gap %d bp (one-to-one peak F1 %.3f), track scale %.3f "
+            "(MSE %.3g -> %.3g), calibration with %d-bp smoothing (MSE %.3g)",
             ",".join(setup.val_chroms),
             rules[best][0],
             rules[best][1],
@@ -595,20 +629,80 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
             scale,
             mse_before,
             mse_after,
+            calibration["width"],
+            calibration["mse"],
         )
 
+    @staticmethod
+    def _fit_calibration(
+        gram: dict[int, np.ndarray], cross: dict[int, np.ndarray], yy: float, n: float, scale: float, mse_scale: float
+    ) -> dict[str, Any]:
+        """Least-squares coefficients of each smoothing width; the width with the lowest validation MSE.
+
+        Falls back to the plain scale (coefficients ``[scale, 0, 0, 0]``) when no width beats it
+        (or the validation region is empty).
+        """
+        mse_per_width: dict[str, float] = {}
+        best: tuple[float, int, np.ndarray] = (mse_scale, 1, np.array([scale, 0.0, 0.0, 0.0]))
+        for w in CALIBRATION_WIDTHS:
+            g, c = gram[w], cross[w]
+            if n <= 0 or not np.isfinite(g).all():
+                continue
+            ridge = 1e-9 * max(float(np.trace(g)), 1e-12) * np.eye(len(c))  # keeps collinear features solvable
+            coef = np.linalg.solve(g + ridge, c)
+            mse = float((yy - 2 * coef @ c + coef @ g @ coef) / n)
+            mse_per_width[str(w)] = mse
+            if mse < best[0]:
+                best = (mse, w, coef)
+        mse, width, coef = best
+        return {
+            "features": list(CALIBRATION_FEATURES),
+            "width": int(width),
+            "coef": [float(v) for v in coef],
+            "mse": float(mse),
+            "mse_per_width": mse_per_width,
+        }
+
+    def calibrate_track(self, track: np.ndarray, probs: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The validation-fitted calibration of network tracks, in depth-normalised units.
+
+        ``track`` and ``probs`` are :meth:`predict_windows`' outputs for the input windows ``x``
+        ``(batch, channels, length)``. The calibrated track is ``max(0, a*t + b*s + c*p*s + d*p*t)``
+        with the network's track ``t``, its peak probability ``p`` and the noisy input ``s``
+        (depth-normalised, moving-averaged over ``spec['track_calibration']['width']`` bp). The
+        coefficients and the width minimise the squared error against the clean track on the
+        validation region: the network's track is trusted outside peaks, where it removes most of
+        the noise, and mixed with the smoothed noisy coverage inside them, where the noisy
+        coverage already tracks peak heights. Models saved before the calibration existed
+        multiply by ``spec['track_scale']``.
+        """
+        calibration = self.spec_.get("track_calibration")
+        if calibration is None:
+            return track * float(self.spec_.get("track_scale", 1.0))
+        coef = np.asarray(calibration["coef"], np.float32)
+        width = int(calibration["width"])
+        out = np.empty_like(track)
+        for k in range(track.shape[0]):
+            out[k] = np.tensordot(coef, _calibration_features(track[k], probs[k], x[k, 0], width), axes=1)
+        return np.maximum(out, 0.0, out=out)
+
     @torch.inference_mode()
-    def predict_windows(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict_windows(self, x: np.ndarray, *, calibrated: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Run the network on transformed input windows ``(batch, channels, length)``.
 
         Returns the denoised track in depth-normalised units and the peak probabilities, each
-        ``(batch, length)``. Most users want :func:`chromtools.tl.denoise` instead.
+        ``(batch, length)``; with ``calibrated=True`` the track is passed through
+        :meth:`calibrate_track` (what :func:`chromtools.tl.denoise` writes, before multiplying by
+        the clean depth). Most users want :func:`chromtools.tl.denoise` instead.
         """
         self.module.eval()
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         out = self.module.inference(t)
-        probs = torch.sigmoid(out["logits"])
-        return out["track"].float().cpu().numpy(), probs.float().cpu().numpy()
+        track = out["track"].float().cpu().numpy()
+        probs = torch.sigmoid(out["logits"]).float().cpu().numpy()
+        if calibrated:
+            track = self.calibrate_track(track, probs, x)
+        return track, probs
 
     def save(self, dir_path: PathLike, *, overwrite: bool = False, **kwargs) -> None:
         """Save weights and preprocessing spec to ``dir_path`` (``model.pt`` and a readable ``spec.json``)."""

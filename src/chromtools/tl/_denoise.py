@@ -450,7 +450,8 @@ def _denoise_one(
         out_scale = in_scale * spec["depth_ratio"]
     else:
         in_scale, extra_scales, out_scale = spec["noisy_mean"], list(spec["extra_means"]), spec["clean_mean"]
-    out_scale *= float(spec.get("track_scale", 1.0))
+    # the clean depth of the input; the track scale (or calibration) is applied by predict_windows
+    background = out_scale * float(spec.get("track_scale", 1.0))
     if in_scale <= 0:
         msg = f"Noisy bigWig '{noisy.name}' has no positive coverage."
         raise ValueError(msg)
@@ -462,7 +463,7 @@ def _denoise_one(
     span = window + 2 * pad
     n_channels = spec["n_channels"]
     # The prediction for an all-zero input is the same everywhere (pad covers the receptive field).
-    empty_track, empty_probs = model.predict_windows(np.zeros((1, n_channels, span), np.float32))
+    empty_track, empty_probs = model.predict_windows(np.zeros((1, n_channels, span), np.float32), calibrated=True)
     empty_track = _round(empty_track[0, pad : pad + window] * out_scale, decimals).astype(np.float32)
     empty_probs = np.round(empty_probs[0, pad : pad + window], 3).astype(np.float32)
 
@@ -506,7 +507,7 @@ def _denoise_one(
                             x[i, c] = input_transform(raw, scale)
                     busy = np.flatnonzero(x.reshape(len(batch_starts), -1).any(axis=1))
                     if busy.size:
-                        track, probs = model.predict_windows(x[busy])
+                        track, probs = model.predict_windows(x[busy], calibrated=True)
                         n_run += busy.size
                     for i, s in enumerate(batch_starts):
                         s = int(s)
@@ -532,7 +533,7 @@ def _denoise_one(
         peaks = drop_blacklisted(peaks, blacklist)
     peaks = score_peaks(
         peaks,
-        background=out_scale,
+        background=background,
         fdr_grid=spec.get("fdr_grid"),
         fdr=spec.get("fdr"),
         n_fdr=int(spec.get("fdr_n_peaks", 0)),

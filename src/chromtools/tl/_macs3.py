@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from chromtools._utils import PathLike
+from chromtools._utils import PathLike, box_mean
 from chromtools.io import BigWigReader, runs_from_values, write_narrowpeak
 from chromtools.tl._peaks import name_peaks
 
@@ -28,18 +28,6 @@ def _import_macs3():
 
 #: Largest p-score kept; deeper tails underflow to P = 0 and would be infinite.
 MAX_PSCORE = 1e4
-
-
-def box_mean(x: np.ndarray, width: int) -> np.ndarray:
-    """Mean of ``x`` over a centred window of ``width`` values (zeros beyond the ends), in O(n).
-
-    The same as ``np.convolve(x, np.ones(width) / width, mode="same")``, whose direct sum costs
-    O(n * width) and takes hours on a whole chromosome.
-    """
-    n, half = x.size, width // 2
-    csum = np.cumsum(x, dtype=np.float64)
-    ext = np.concatenate((np.zeros(half + 1), csum, np.full(width, csum[-1] if n else 0.0)))
-    return ((ext[width : width + n] - ext[:n]) / width).astype(np.float32)
 
 
 def poisson_pscore(coverage: np.ndarray, background: np.ndarray) -> np.ndarray:
