@@ -6,7 +6,7 @@ options. Data: ``../shared/data/atac_hsc_bulk`` (hg19, first 10 Mb of chr1 and c
 Splits (disjoint, and recorded in the JSON):
 
 - train  = chr1:0-8,000,000   the network weights;
-- choose = chr1:8,000,000-10,000,000   best epoch, peak threshold, track scale, FDR calibration, and the
+- choose = chr1:8,000,000-10,000,000   best epoch, peak threshold, track scale and calibration, FDR calibration, and the
   smoothing width of the smoothed-noisy baseline;
 - report = chr2   every number below; nothing else has seen it.
 
@@ -155,7 +155,11 @@ def train(
         "chosen_on_choose_region": {
             "peak_threshold": spec["peak_threshold"],
             "track_scale": spec["track_scale"],
-            **{k: spec["validation"][k] for k in ("peak_f1", "track_mse_before_scale", "track_mse_after_scale")},
+            "track_calibration": spec.get("track_calibration"),
+            **{
+                k: spec["validation"].get(k)
+                for k in ("peak_f1", "track_mse_before_scale", "track_mse_after_scale", "track_mse_after_calibration")
+            },
         },
     }
     return model, info
@@ -246,7 +250,8 @@ def main() -> None:
         "data": "atac_hsc_bulk: hg19, first 10 Mb of chr1 and chr2, HSC ATAC 5M reads (noisy) vs 80M reads (clean)",
         "splits": {
             "train": TRAIN,
-            "choose": CHOOSE + " (best epoch, peak threshold, track scale, FDR calibration, baseline smoothing)",
+            "choose": CHOOSE
+            + " (best epoch, peak threshold, track scale and calibration, FDR calibration, baseline smoothing)",
             "report": REPORT + " (every reported metric; used for nothing else)",
         },
         "budget": (
