@@ -132,10 +132,9 @@ class TrackDenoiser(UnsupervisedTrainingMixin, BaseModelClass):
     times the clean/noisy depth ratio of the training pairs, ``spec['depth_ratio']``), after the
     calibration fitted on the validation region (``spec['track_calibration']``, see
     :meth:`calibrate_track`; models saved before it existed use the scale ``spec['track_scale']``).
-    The preprocessing spec
-    (window, padding, bin size, smoothing, depth scaling, splits, threshold and calibrations, the
-    training genome) travels with the model through :meth:`save`/:meth:`load` and is checked at
-    inference.
+    The preprocessing spec (window, padding, bin size, smoothing, depth scaling, splits, threshold
+    and calibrations, the training genome) travels with the model through :meth:`save`/:meth:`load`
+    and is checked at inference.
 
     Parameters
     ----------
