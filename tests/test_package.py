@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import chromtools as ct
@@ -97,3 +98,11 @@ def test_lazy_exports_match_type_checking_imports(ns):
         assert getattr(module, name) is getattr(importlib.import_module(f"chromtools.{ns}.{source}"), name)
     with pytest.raises(AttributeError, match="has no attribute"):
         module.no_such_name  # noqa: B018 - the attribute access is what raises
+
+
+@pytest.mark.parametrize(("n", "width"), [(1_000, 10), (1_001, 11), (5_000, 100), (20, 7)])
+def test_box_mean_is_the_centred_moving_average(n, width):
+    from chromtools._utils import box_mean
+
+    x = np.random.default_rng(n).random(n).astype(np.float32)
+    np.testing.assert_allclose(box_mean(x, width), np.convolve(x, np.ones(width) / width, mode="same"), atol=1e-6)

@@ -31,11 +31,3 @@ def test_macs3_on_real_hsc_reproduces_clean_labels(shared_data):
     hsc = ct.datasets.hsc_bulk(shared_data)
     called = ct.tl.macs3_peaks(hsc.clean, chroms=["chr2"])
     assert ct.metrics.peak_overlap(called, hsc.peaks, chroms=["chr2"])["f1"] > 0.8
-
-
-@pytest.mark.parametrize(("n", "width"), [(1_000, 10), (1_001, 11), (5_000, 100), (20, 7)])
-def test_box_mean_is_the_centred_moving_average(n, width):
-    from chromtools._utils import box_mean
-
-    x = np.random.default_rng(n).random(n).astype(np.float32)
-    np.testing.assert_allclose(box_mean(x, width), np.convolve(x, np.ones(width) / width, mode="same"), atol=1e-6)
