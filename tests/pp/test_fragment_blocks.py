@@ -9,7 +9,13 @@ import pandas as pd
 import pytest
 
 import chromtools as ct
-from chromtools.pp._fragment_blocks import _read_csv_block, _tokenize, fragment_chunks, parse_block
+from chromtools.pp._fragment_blocks import (
+    _exact_word_codes,
+    _read_csv_block,
+    _tokenize,
+    fragment_chunks,
+    parse_block,
+)
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -59,6 +65,12 @@ def test_barcodes_sharing_a_key_prefix_stay_apart():
     assert fast is not None
     assert fast["barcode"].cat.categories.size == 1000
     _same(fast, _read_csv_block(block))
+
+
+def test_exact_word_codes_the_collision_fallback():
+    # the path taken when two strings share a 64-bit key: codes from the words themselves
+    words = np.array([[1, 2], [1, 3], [1, 2], [4, 2], [1, 3]], np.uint64)
+    np.testing.assert_array_equal(_exact_word_codes(words), [0, 1, 0, 2, 1])
 
 
 def test_header_lines_are_skipped():

@@ -127,17 +127,28 @@ def _factorize_field(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> pd.Ca
         key ^= words[:, w]
         key ^= key >> np.uint64(29)
     codes, _ = pd.factorize(key)
-    first = np.empty(int(codes.max()) + 1, np.int64)
-    first[codes[::-1]] = np.arange(codes.size - 1, -1, -1)  # first row of each code
+    first = _first_rows(codes)
     if n_words > 1 and not (words == words[first[codes]]).all():
-        codes, _ = pd.factorize(words[:, 0])
-        for w in range(1, n_words):
-            word_codes, uniques = pd.factorize(words[:, w])
-            codes, _ = pd.factorize(codes.astype(np.int64) * (len(uniques) + 1) + word_codes)
-        first = np.empty(int(codes.max()) + 1, np.int64)
-        first[codes[::-1]] = np.arange(codes.size - 1, -1, -1)
+        codes = _exact_word_codes(words)
+        first = _first_rows(codes)
     names = [b.decode() for b in mat[first, :width].copy().view(f"S{width}").ravel().tolist()]
     return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object), validate=False)
+
+
+def _first_rows(codes: np.ndarray) -> np.ndarray:
+    """The first row of each code (codes numbered in order of first appearance)."""
+    first = np.empty(int(codes.max()) + 1, np.int64)
+    first[codes[::-1]] = np.arange(codes.size - 1, -1, -1)
+    return first
+
+
+def _exact_word_codes(words: np.ndarray) -> np.ndarray:
+    """Codes of the rows of ``words`` (n, n_words), combining each word's codes exactly (no hashing)."""
+    codes, _ = pd.factorize(words[:, 0])
+    for w in range(1, words.shape[1]):
+        word_codes, uniques = pd.factorize(words[:, w])
+        codes, _ = pd.factorize(codes.astype(np.int64) * (len(uniques) + 1) + word_codes)
+    return codes
 
 
 def _tokenize(block: bytes) -> pd.DataFrame | None:
