@@ -15,7 +15,9 @@ The AtacWorks network gets the same wall-clock training time as the default's fi
 this run on this machine (``max_time``), with validation every ``--atacworks-batches`` batches so that it
 is chosen on the choose region like the default; it is one seed (it is ~50x slower per window).
 Throughput is end to end (read bigWig, network, write bigWigs, call peaks) and for the network alone;
-peak memory is measured by denoising a simulated 300-Mb genome in a fresh process. Timings depend on the
+peak memory is measured by denoising a simulated 300-Mb genome in a fresh process. Two diagnostics choose
+nothing: how well two independent halves of the clean reads rank chr2's bases (``replicate_reference_chr2``),
+and seed 0's Spearman on the choose region at several roundings of the written track. Timings depend on the
 machine and its load: the JSON records both, and says when the machine was shared.
 """
 
@@ -97,6 +99,90 @@ def smoothed_noisy_baseline(hsc, ratio: float, work: Path) -> tuple[dict, dict]:
     ct.io.write_bigwig(out, {REPORT: values.astype(np.float32)}, {REPORT: sizes[REPORT]})
     ev = ct.metrics.evaluate_denoising(hsc.clean, hsc.peaks, track=out, chroms=[REPORT])
     return pick(ev), {"width_bp": width, "choose_region_mse_per_width": mse}
+
+
+def box_starts(coverage: np.ndarray, max_width: int = 1000) -> tuple[np.ndarray, int, float]:
+    """Split a coverage track built from fixed-width boxes (one per read) back into box starts.
+
+    The box width is the lag at which coverage steps up at one base and down ``width`` bases later
+    most often. A start is counted where coverage steps up, or where it steps down one box width
+    later (a start and an end at the same base cancel in the step but not in the later one).
+    Returns the starts, the width, and the relative L1 error of the coverage rebuilt from them.
+    """
+    cov = np.round(coverage).astype(np.int64)
+    step = np.diff(cov, prepend=0)
+    up, down = np.maximum(step, 0).astype(np.float64), np.maximum(-step, 0).astype(np.float64)
+    lags = np.arange(1, max_width + 1)
+    u, d = up[:2_000_000], down[:2_000_000]  # the first 2 Mb settle the width
+    width = int(lags[np.argmax([np.dot(u[:-lag], d[lag:]) for lag in lags])])
+    later = np.concatenate((-step[width:], np.zeros(width, np.int64)))
+    starts = np.maximum(np.maximum(step, later), 0)
+    rebuilt = np.convolve(starts, np.ones(width, np.int64))[: cov.size]
+    return starts, width, float(np.abs(rebuilt - cov).sum() / max(cov.sum(), 1))
+
+
+def replicate_reference(hsc, ratio: float) -> dict:
+    """How reproducible per-base ranks are at all: two independent halves of the clean library, on chr2.
+
+    The clean track's reads (boxes) are split at random into two disjoint halves (40M reads each);
+    the Spearman correlation between the halves says how well an independent experiment at half
+    the clean depth ranks the bases. No model is involved and nothing is chosen from it.
+    """
+    from scipy.stats import pearsonr, spearmanr
+
+    clean = ct.io.read_bigwig(hsc.clean, REPORT).astype(np.float64)
+    noisy = ct.io.read_bigwig(hsc.noisy, REPORT).astype(np.float64)
+    starts, width, err = box_starts(clean)
+    out: dict = {"box_width_bp": width, "rebuild_relative_l1_error": err, "seeds": {}}
+    sub = slice(None, None, 7)  # every 7th base: Spearman over 10 M bases is slow and changes < 0.001
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        half = rng.binomial(starts, 0.5)
+        a = np.convolve(half, np.ones(width))[: clean.size]
+        b = np.convolve(starts - half, np.ones(width))[: clean.size]
+        thin = np.convolve(rng.binomial(starts, 1 / ratio), np.ones(width))[: clean.size]
+        out["seeds"][seed] = {
+            "spearman_half_vs_other_half": float(spearmanr(a[sub], b[sub])[0]),
+            "pearson_half_vs_other_half": float(pearsonr(a, b)[0]),
+            "spearman_depth_thinned_clean_vs_clean": float(spearmanr(thin[sub], clean[sub])[0]),
+        }
+    out["spearman_noisy_vs_clean_same_subsample"] = float(spearmanr(noisy[sub], clean[sub])[0])
+    out["note"] = (
+        "two disjoint random halves of the clean reads (box starts recovered from the coverage), compared with "
+        "each other on chr2; depth_thinned: a random 1/depth_ratio of the clean reads (it shares its reads with "
+        "the clean track, like the real noisy track); Spearman on every 7th base"
+    )
+    return out
+
+
+def rounding_diagnostic(model, hsc, work: Path, threads: int) -> dict:
+    """Spearman and MSE of one model's written track on the choose region at several roundings (nothing chosen).
+
+    The written track is rounded to 1 decimal by default; the clean track is integer and a third of its
+    bases are 0, so ties weigh heavily in its ranks. This shows how much of Spearman is tie handling.
+    """
+    from scipy.stats import spearmanr
+
+    torch.set_num_threads(threads)
+    chrom, start, end = ct.io.parse_region(CHOOSE)
+    clean = region_values(hsc.clean, CHOOSE)
+    out = {}
+    for decimals in (None, 2, 1, 0):
+        res = ct.tl.denoise(
+            hsc.noisy,
+            model,
+            work / f"rounding_{decimals}",
+            chroms=[chrom],
+            decimals=decimals,
+            accelerator="cpu",
+            progress=False,
+        )
+        track = ct.io.read_bigwig(res.track, chrom, start, end)
+        out[str(decimals)] = {
+            "spearman": float(spearmanr(track[::7], clean[::7])[0]),
+            "mse": float(np.mean((track - clean) ** 2)),
+        }
+    return out
 
 
 def network_throughput(model, seconds: float = 10.0) -> float:
@@ -292,6 +378,7 @@ def main() -> None:
         except ImportError:
             base["macs3_wrapper_on_noisy"] = "MACS3 not installed"
         base["depth_ratio"] = ratio
+        base["replicate_reference_chr2"] = replicate_reference(hsc, ratio)
         base["note"] = (
             "noisy_track_depth_scaled: the noisy coverage times the clean/noisy depth ratio (total coverage of the two "
             "files) is the track, and the noisy coverage the per-base peak score; noisy_track_smoothed: the same, "
@@ -320,6 +407,7 @@ def main() -> None:
             if seed == 0:
                 model.save(work / "model_default", overwrite=True)
                 budget = info["train_seconds"]
+                info["rounding_on_choose_region"] = rounding_diagnostic(model, hsc, work, args.threads)
             write_results("denoise", {**results, "models": models, "partial": "the run did not finish"})
         results["default_mean_sd"] = mean_sd(runs)
         if not args.skip_atacworks:
