@@ -84,18 +84,23 @@ def region_values(path, region: str) -> np.ndarray:
     return ct.io.read_bigwig(path, chrom, start, end)
 
 
+def moving_average(x: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average of ``width`` bases (the input itself for width 1), as both smoothed baselines use."""
+    return np.convolve(x, np.ones(width) / width, mode="same") if width > 1 else x
+
+
 def smoothed_noisy_baseline(hsc, ratio: float, work: Path) -> tuple[dict, dict]:
     """Depth-scaled noisy track smoothed by a moving average whose width is chosen on the choose region."""
     clean, noisy = region_values(hsc.clean, CHOOSE), region_values(hsc.noisy, CHOOSE) * ratio
     mse = {}
     for w in (1, 51, 101, 201, 401, 801):
-        sm = np.convolve(noisy, np.ones(w) / w, mode="same") if w > 1 else noisy
+        sm = moving_average(noisy, w)
         mse[w] = float(np.mean((sm - clean) ** 2))
     width = min(mse, key=mse.get)
     sizes = ct.io.read_chrom_sizes(hsc.noisy)
     out = work / "smoothed_noisy.bw"
     values = ct.io.read_bigwig(hsc.noisy, REPORT) * ratio
-    values = np.convolve(values, np.ones(width) / width, mode="same") if width > 1 else values
+    values = moving_average(values, width)
     ct.io.write_bigwig(out, {REPORT: values.astype(np.float32)}, {REPORT: sizes[REPORT]})
     ev = ct.metrics.evaluate_denoising(hsc.clean, hsc.peaks, track=out, chroms=[REPORT])
     return pick(ev), {"width_bp": width, "choose_region_mse_per_width": mse}
@@ -132,12 +137,9 @@ def smoothed_noisy_peak_baseline(hsc, work: Path) -> tuple[dict, dict]:
     for s, e in zip(truth["start"], truth["end"], strict=True):
         labels[max(s - start, 0) : min(e - start, noisy.size)] = True
 
-    def smooth(x: np.ndarray, w: int) -> np.ndarray:
-        return np.convolve(x, np.ones(w) / w, mode="same") if w > 1 else x
-
-    auprc = {w: float(average_precision_score(labels, smooth(noisy, w))) for w in (1, 51, 101, 201, 401, 801)}
+    auprc = {w: float(average_precision_score(labels, moving_average(noisy, w))) for w in (1, 51, 101, 201, 401, 801)}
     width = max(auprc, key=auprc.get)
-    sm = smooth(noisy, width)
+    sm = moving_average(noisy, width)
     best = (-1.0, 0.0, 0)
     for thr in np.unique(np.quantile(sm[sm > 0], np.linspace(0.5, 0.999, 60))):
         for gap in (0, 50, 150, 300, 600):
@@ -146,7 +148,7 @@ def smoothed_noisy_peak_baseline(hsc, work: Path) -> tuple[dict, dict]:
             if f1 > best[0]:
                 best = (f1, float(thr), gap)
     sizes = ct.io.read_chrom_sizes(hsc.noisy)
-    values = smooth(ct.io.read_bigwig(hsc.noisy, REPORT).astype(np.float64), width)
+    values = moving_average(ct.io.read_bigwig(hsc.noisy, REPORT).astype(np.float64), width)
     out = work / "smoothed_noisy_peak_score.bw"
     ct.io.write_bigwig(out, {REPORT: values.astype(np.float32)}, {REPORT: sizes[REPORT]})
     called = threshold_peaks(values, REPORT, 0, best[1], best[2])
@@ -171,9 +173,9 @@ def box_starts(coverage: np.ndarray, max_width: int = 1000) -> tuple[np.ndarray,
     """
     cov = np.round(coverage).astype(np.int64)
     step = np.diff(cov, prepend=0)
-    up, down = np.maximum(step, 0).astype(np.float64), np.maximum(-step, 0).astype(np.float64)
+    head = step[:2_000_000]  # the first 2 Mb settle the width
+    u, d = np.maximum(head, 0).astype(np.float64), np.maximum(-head, 0).astype(np.float64)
     lags = np.arange(1, max_width + 1)
-    u, d = up[:2_000_000], down[:2_000_000]  # the first 2 Mb settle the width
     width = int(lags[np.argmax([np.dot(u[:-lag], d[lag:]) for lag in lags])])
     later = np.concatenate((-step[width:], np.zeros(width, np.int64)))
     starts = np.maximum(np.maximum(step, later), 0)
