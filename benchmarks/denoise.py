@@ -15,9 +15,10 @@ The AtacWorks network gets the same wall-clock training time as the default's fi
 this run on this machine (``max_time``), with validation every ``--atacworks-batches`` batches so that it
 is chosen on the choose region like the default; it is one seed (it is ~50x slower per window).
 Throughput is end to end (read bigWig, network, write bigWigs, call peaks) and for the network alone;
-peak memory is measured by denoising a simulated 300-Mb genome in a fresh process. Two diagnostics choose
+peak memory is measured by denoising a simulated 300-Mb genome in a fresh process. Three diagnostics choose
 nothing: how well two independent halves of the clean reads rank chr2's bases (``replicate_reference_chr2``),
-and seed 0's Spearman on the choose region at several roundings of the written track. Timings depend on the
+seed 0's Spearman on the choose region at several roundings of the written track, and how much noisy coverage
+the true chr2 peaks that each model misses had (``report_chr2_missed_peaks``). Timings depend on the
 machine and its load: the JSON records both, and says when the machine was shared.
 """
 
@@ -107,17 +108,37 @@ def smoothed_noisy_baseline(hsc, ratio: float, work: Path) -> tuple[dict, dict]:
 
 
 def threshold_peaks(values: np.ndarray, chrom: str, offset: int, threshold: float, gap: int, min_length: int = 50):
-    """Peaks as runs of ``values >= threshold``, runs closer than ``gap`` bp merged, shorter than ``min_length`` dropped."""
-    import pandas as pd
+    """Peaks where ``values >= threshold``, called by :func:`chromtools.tl.call_peaks` like the model's.
 
-    d = np.diff(np.concatenate(([0], (values >= threshold).view(np.int8), [0])))
-    starts, ends = np.flatnonzero(d == 1), np.flatnonzero(d == -1)
-    if starts.size == 0:
-        return pd.DataFrame({"chrom": pd.Series([], dtype=str), "start": [], "end": []})
-    first = np.concatenate(([True], starts[1:] - ends[:-1] > gap))
-    s, e = starts[first], np.maximum.reduceat(ends, np.flatnonzero(first))
-    keep = e - s >= min_length
-    return pd.DataFrame({"chrom": chrom, "start": s[keep] + offset, "end": e[keep] + offset})
+    The bases at or above ``threshold`` (compared in the input's precision) get score 1 and the
+    others 0, called at 0.5; runs closer than ``gap`` bp are merged and shorter than ``min_length`` dropped.
+    """
+    above = (np.asarray(values) >= threshold).astype(np.float32)
+    peaks = ct.tl.call_peaks(above, chrom=chrom, start=offset, threshold=0.5, merge_gap=gap, min_length=min_length)
+    return peaks[["chrom", "start", "end"]]
+
+
+def missed_peak_support(hsc, peaks) -> dict:
+    """How much noisy coverage the true chr2 peaks that a model's calls miss had (a diagnostic; it chooses nothing).
+
+    A true peak is missed when the one-to-one matching leaves it unmatched. For missed and for found
+    peaks: the median of each peak's highest noisy (5M-read) coverage, and the share of peaks whose
+    highest noisy coverage is at most 2 — peaks that 5M reads barely sample.
+    """
+    truth = ct.io.read_peaks(hsc.peaks)
+    truth = truth[truth["chrom"] == REPORT].reset_index(drop=True)
+    called = ct.io.read_peaks(peaks)
+    called = called[called["chrom"] == REPORT].reset_index(drop=True)
+    matched = ct.metrics.match_peaks(called, truth)
+    found = np.zeros(len(truth), bool)
+    found[matched[matched >= 0]] = True
+    noisy = ct.io.read_bigwig(hsc.noisy, REPORT)
+    top = np.array([noisy[s:e].max() for s, e in zip(truth["start"], truth["end"], strict=True)])
+    out: dict = {"n_true": len(truth), "n_missed": int((~found).sum())}
+    for name, sel in (("missed", ~found), ("found", found)):
+        out[f"{name}_median_max_noisy_coverage"] = float(np.median(top[sel])) if sel.any() else None
+        out[f"{name}_share_max_noisy_coverage_le_2"] = float(np.mean(top[sel] <= 2)) if sel.any() else None
+    return out
 
 
 def smoothed_noisy_peak_baseline(hsc, work: Path) -> tuple[dict, dict]:
@@ -321,6 +342,7 @@ def evaluate(model, hsc, work: Path, name: str, chroms: list[str] | None, thread
     )
     return {
         "report_chr2": pick(ev),
+        "report_chr2_missed_peaks": missed_peak_support(hsc, res.peaks),
         "end_to_end_bp_per_s": res.bases_per_second,
         "end_to_end_bp": res.n_bases,
         "end_to_end_seconds": res.seconds,
