@@ -6,7 +6,7 @@ import pytest
 from anndata import AnnData
 
 import chromtools as ct
-from chromtools.tl._label_transfer import _weights, distance_ratio, knn_label_probabilities
+from chromtools.tl._label_transfer import _weights, balance_label_prior, distance_ratio, knn_label_probabilities
 
 
 def _adata(latent, labels=None, key="X_reference"):
@@ -63,6 +63,39 @@ def test_vectorised_rule_equals_a_per_cell_loop(weighting):
     np.testing.assert_allclose(probs.to_numpy(), _naive(ref, labels, query, 12, weighting), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(probs.sum(1), 1.0)
     assert dist.shape == idx.shape == (50, 12) and np.all(np.diff(dist, axis=1) >= 0)
+
+
+def test_balanced_prior_divides_votes_by_reference_shares():
+    # reference: 3 A, 1 B (shares 3/4, 1/4); votes 0.6 A / 0.4 B become 0.8 / 1.6, renormalised 1/3 / 2/3
+    probs = pd.DataFrame([[0.6, 0.4], [1.0, 0.0], [0.0, 0.0]], columns=pd.Index(["A", "B"], name="label"))
+    out = balance_label_prior(probs, ["A", "A", "A", "B"])
+    np.testing.assert_allclose(out.to_numpy(), [[1 / 3, 2 / 3], [1.0, 0.0], [0.0, 0.0]])
+    assert list(out.columns) == ["A", "B"]
+    with pytest.raises(ValueError, match="no reference cell"):
+        balance_label_prior(probs, ["A", "A"])
+
+
+def test_balanced_prior_finds_a_type_rare_in_the_reference_but_common_in_the_query():
+    # two overlapping types; B is 10 % of the reference but half of the query
+    rng = np.random.default_rng(3)
+    ref_latent = np.r_[rng.normal(0.0, 1.0, (900, 2)), rng.normal(1.5, 1.0, (100, 2))]
+    ref = _adata(ref_latent, ["A"] * 900 + ["B"] * 100)
+    q_latent = np.r_[rng.normal(0.0, 1.0, (500, 2)), rng.normal(1.5, 1.0, (500, 2))]
+    truth = np.array(["A"] * 500 + ["B"] * 500)
+    recall_b, acc = {}, {}
+    for prior in ("balanced", "reference"):
+        query = _adata(q_latent)
+        ct.tl.transfer_labels(query, ref, "cell_type", n_neighbors=30, label_prior=prior, novelty=False)
+        pred = query.obs["cell_type_pred"].astype(str).to_numpy()
+        recall_b[prior] = float(np.mean(pred[truth == "B"] == "B"))
+        acc[prior] = float(np.mean(pred == truth))
+        assert query.uns["cell_type_pred"]["params"]["label_prior"] == prior
+        np.testing.assert_allclose(query.obsm["cell_type_pred_probabilities"].sum(axis=1), 1.0)
+    # the reference prior gives most B cells to A; the balanced prior recovers them
+    assert recall_b["reference"] < 0.5 < 0.75 < recall_b["balanced"]
+    assert acc["balanced"] > acc["reference"] + 0.08
+    with pytest.raises(ValueError, match="label_prior"):
+        ct.tl.transfer_labels(_adata(q_latent), ref, "cell_type", label_prior="uniform")
 
 
 def test_weights_are_normalised_and_decrease_with_distance():

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 Weighting = Literal["gaussian", "scarches", "distance", "uniform"]
+LabelPrior = Literal["balanced", "reference"]
+LABEL_PRIORS: tuple[str, ...] = ("balanced", "reference")
 WEIGHTINGS = ("gaussian", "scarches", "distance", "uniform")
 KnnMethod = Literal["auto", "exact", "pynndescent"]
 KNN_METHODS = ("auto", "exact", "pynndescent")
@@ -213,6 +215,32 @@ def knn_label_probabilities(
     return pd.DataFrame(P, columns=pd.Index(classes, name="label")), dist, idx
 
 
+def balance_label_prior(probs: pd.DataFrame, reference_labels) -> pd.DataFrame:
+    """Divide each label's vote shares by its share of the reference, then renormalise each row.
+
+    Parameters
+    ----------
+    probs
+        Vote shares (query cells × labels), as from :func:`knn_label_probabilities`.
+    reference_labels
+        One label per reference cell (every column of ``probs`` must occur).
+
+    Returns
+    -------
+    Shares with a uniform label prior (rows sum to 1; a row of zeros stays zero).
+    """
+    freq = pd.Series(reference_labels).astype(str).value_counts(normalize=True)
+    share = freq.reindex(probs.columns.astype(str)).to_numpy(dtype=np.float64)
+    if np.isnan(share).any() or (share <= 0).any():
+        missing = list(probs.columns[np.isnan(share) | ~(share > 0)])
+        msg = f"Labels {missing} have votes but no reference cell; the reference labels do not match the votes."
+        raise ValueError(msg)
+    P = probs.to_numpy(dtype=np.float64) / share
+    total = P.sum(axis=1, keepdims=True)
+    P = np.divide(P, total, out=np.zeros_like(P), where=total > 0)
+    return pd.DataFrame(P, index=probs.index, columns=probs.columns)
+
+
 def _radius(latent, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each cell's median distance to its ``k`` nearest other cells, and those distances and indices.
 
@@ -332,6 +360,7 @@ def transfer_labels(
     use_rep: str = "X_reference",
     n_neighbors: int = 15,
     weighting: Weighting = "gaussian",
+    label_prior: LabelPrior = "balanced",
     threshold: float = 0.0,
     novelty: bool = True,
     novelty_quantile: float = 0.99,
@@ -348,7 +377,12 @@ def transfer_labels(
 
     For each query cell, the ``n_neighbors`` nearest reference cells in the shared space
     ``obsm[use_rep]`` vote for their label with weights that decrease with distance; the vote
-    share of the winning label is its probability (as in scArches). Two further numbers per
+    share of the winning label is its probability (as in scArches). By default each label's
+    votes are divided by that label's share of the reference cells (``label_prior='balanced'``):
+    a kNN vote share is a posterior under the reference's own composition, so a type that is
+    rare in the reference loses cells it should win whenever the query holds more of it (another
+    donor, tissue or sorting gate); dividing the prior out gives every known type the same prior.
+    Two further numbers per
     cell tell apart two reasons to doubt a label:
 
     **ambiguity** — the cell lies *between known types*: ``1 - (p1 - p2)``, one minus the margin
@@ -386,6 +420,14 @@ def transfer_labels(
     weighting
         Neighbour weights: ``'gaussian'`` (kernel with per-cell bandwidth, default),
         ``'scarches'`` (scArches' rule), ``'distance'`` (inverse distance) or ``'uniform'``.
+    label_prior
+        ``'balanced'`` (default): each label's vote share is divided by its share of the
+        reference cells and the shares renormalised, so that every known type has the same
+        prior; ``'reference'``: the vote shares as cast, whose prior is the reference's
+        composition (right when the query is known to have that composition). On the Granja
+        D5T1 → D6T1 choose split, whose donors differ in composition, ``'balanced'`` raised kNN
+        accuracy from 0.585 to 0.623 and macro-F1 from 0.460 to 0.523 (3 seeds;
+        ``benchmarks/mapping.py`` records both for every method).
     threshold
         Cells whose best label has a vote share below this value also get ``unknown_label``.
     novelty
@@ -421,7 +463,7 @@ def transfer_labels(
     ``obs['{labels_key}_pred' | key_added]``
         Predicted label (categorical), ``unknown_label`` for novel cells.
     ``obs[... + '_probability']``
-        Weighted vote share of the best label.
+        Weighted vote share of the best label (after the ``label_prior`` correction).
     ``obs[... + '_ambiguity']``
         ``1 - (p1 - p2)``: between known types.
     ``obs[... + '_novelty']``
@@ -445,6 +487,9 @@ def transfer_labels(
     ``anndata.read_h5ad(path, backed="r")`` works as it is: the results are written to its
     ``obs``/``obsm`` in memory (a file opened read-only is not modified; write them out yourself).
     """
+    if label_prior not in LABEL_PRIORS:
+        msg = f"label_prior must be one of {LABEL_PRIORS}, got {label_prior!r}."
+        raise ValueError(msg)
     if not 0.0 <= threshold <= 1.0:
         msg = f"threshold must be between 0 and 1 (a probability), got {threshold}."
         raise ValueError(msg)
@@ -492,6 +537,8 @@ def transfer_labels(
         index, ref_labels.to_numpy(), q_latent, n_neighbors=n_neighbors, weighting=weighting
     )
     probs.index = target.obs_names
+    if label_prior == "balanced":
+        probs = balance_label_prior(probs, ref_labels.to_numpy())
     P = probs.to_numpy()
     best = P.argmax(axis=1)
     p_best = np.clip(P[np.arange(best.size), best], 0.0, 1.0)
@@ -557,6 +604,7 @@ def transfer_labels(
             "use_rep": use_rep,
             "n_neighbors": int(n_neighbors),
             "weighting": weighting,
+            "label_prior": label_prior,
             "threshold": float(threshold),
             "novelty": bool(novelty),
             "novelty_quantile": float(novelty_quantile),
