@@ -53,6 +53,38 @@ def show_or_return(fig: Figure, *, show: bool | None, save: PathLike | None) -> 
     return None
 
 
+#: from this many rows scanpy searches neighbours with pynndescent instead of an exact search
+_SCANPY_APPROX_KNN_MIN_ROWS = 8192
+
+
+class _CsrMatrixKnn:
+    """A pynndescent kNN transformer whose graph comes back as a ``scipy.sparse.csr_matrix``.
+
+    pynndescent 0.7 returns a ``csr_array``, which scanpy 1.11's :func:`scanpy.pp.neighbors`
+    cannot read (it calls ``getnnz(axis=1)``, which sparse arrays lack), so neighbours of 8,192 or
+    more rows fail there. The settings are the ones scanpy picks itself for that many rows.
+    """
+
+    def __init__(self, n_rows: int, n_neighbors: int, random_state: int):
+        from pynndescent import PyNNDescentTransformer
+
+        self._inner = PyNNDescentTransformer(
+            n_neighbors=n_neighbors,
+            metric="euclidean",
+            random_state=random_state,
+            n_trees=min(64, 5 + round(n_rows**0.5 / 20.0)),
+            n_iters=max(5, round(np.log2(n_rows))),
+        )
+
+    def get_params(self, deep: bool = True) -> dict:
+        return self._inner.get_params(deep=deep)
+
+    def fit_transform(self, X, y=None):
+        from scipy.sparse import csr_matrix
+
+        return csr_matrix(self._inner.fit_transform(X))
+
+
 def umap_coords(
     obs: pd.DataFrame,
     rep: np.ndarray,
@@ -63,7 +95,9 @@ def umap_coords(
 ) -> np.ndarray:
     """2-D UMAP of the rows of ``rep`` with :func:`scanpy.pp.neighbors` and :func:`scanpy.tl.umap`, on a temporary AnnData.
 
-    ``n_neighbors`` is capped at the number of rows minus one, so that small inputs still embed.
+    ``n_neighbors`` is capped at the number of rows minus one, so that small inputs still embed. From
+    8,192 rows the approximate neighbours (pynndescent, as scanpy would choose) are handed to scanpy
+    as a ``csr_matrix`` (see :class:`_CsrMatrixKnn`).
     """
     import scanpy as sc
     from anndata import AnnData
@@ -71,12 +105,17 @@ def umap_coords(
     tmp = AnnData(obs=obs.copy())
     tmp.obsm["X_rep"] = np.asarray(rep, dtype=np.float32)
     n_neighbors = int(min(n_neighbors, max(2, tmp.n_obs - 1)))
+    transformer = (
+        _CsrMatrixKnn(tmp.n_obs, n_neighbors, random_state) if tmp.n_obs >= _SCANPY_APPROX_KNN_MIN_ROWS else None
+    )
     torch = sys.modules.get("torch")
     # numba's OpenMP layer (under UMAP) resets the thread count that torch shares, which slows every later
     # torch computation in the session: restore it when torch is loaded.
     threads = torch.get_num_threads() if torch is not None else None
     try:
-        sc.pp.neighbors(tmp, n_neighbors=n_neighbors, use_rep="X_rep", random_state=random_state)
+        sc.pp.neighbors(
+            tmp, n_neighbors=n_neighbors, use_rep="X_rep", random_state=random_state, transformer=transformer
+        )
         sc.tl.umap(tmp, min_dist=min_dist, random_state=random_state)
     finally:
         if torch is not None:
