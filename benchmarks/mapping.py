@@ -34,8 +34,8 @@ Methods (report split)
 Every method's labels are transferred with one rule (ct.tl.transfer_labels, 15 neighbours, the default
 label_prior='balanced'), so the numbers compare embeddings; each method also records its accuracy and macro-F1
 with label_prior='reference' (votes as cast). The balanced default was chosen on the choose split (D5T1 -> D6T1);
-the choose task's candidates record both. Each task runs in a fresh process; wall and CPU seconds are both recorded (the machine is
-shared: CPU seconds are the fairer speed measure).
+the choose task's candidates record both. Each task runs in a fresh process; wall and CPU seconds are both
+recorded (the machine is shared: CPU seconds are the fairer speed measure).
 """
 
 from __future__ import annotations

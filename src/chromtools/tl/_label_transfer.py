@@ -382,8 +382,7 @@ def transfer_labels(
     a kNN vote share is a posterior under the reference's own composition, so a type that is
     rare in the reference loses cells it should win whenever the query holds more of it (another
     donor, tissue or sorting gate); dividing the prior out gives every known type the same prior.
-    Two further numbers per
-    cell tell apart two reasons to doubt a label:
+    Two further numbers per cell tell apart two reasons to doubt a label:
 
     **ambiguity** — the cell lies *between known types*: ``1 - (p1 - p2)``, one minus the margin
     between the two largest vote shares (0: unanimous neighbours, 1: a tie).
