@@ -428,7 +428,10 @@ def transfer_labels(
         accuracy from 0.585 to 0.623 and macro-F1 from 0.460 to 0.523 (3 seeds), which made it the
         default; on the D6T1 → D5T1 report split it lowered accuracy from 0.727 to 0.698 and
         raised macro-F1 from 0.599 to 0.611: it trades cells of common types for rare ones
-        (``benchmarks/mapping.py`` records both priors for every method).
+        (``benchmarks/mapping.py`` records both priors for every method). With types of a handful
+        of reference cells it amplifies their few votes: in the tutorial's 225-cell multiome
+        reference (three types of one cell) accuracy fell from 0.183 to 0.036. Use
+        ``'reference'`` there, or merge or drop the tiny types.
     threshold
         Cells whose best label has a vote share below this value also get ``unknown_label``.
     novelty
