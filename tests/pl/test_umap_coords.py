@@ -21,7 +21,7 @@ def test_approximate_neighbours_reach_scanpy_as_a_csr_matrix():
     assert isinstance(graph, sp.csr_matrix) and graph.shape == (n, n)
     tmp = AnnData(obs=pd.DataFrame(index=[f"c{i}" for i in range(n)]))
     tmp.obsm["X_rep"] = X
-    sc.pp.neighbors(tmp, n_neighbors=15, use_rep="X_rep", random_state=0, transformer=_CsrMatrixKnn(n, 15, 0))
+    sc.pp.neighbors(tmp, n_neighbors=15, use_rep="X_rep", random_state=0, transformer=knn)
     dist = tmp.obsp["distances"]
     assert dist.shape == (n, n)
     # every row holds the same number of neighbours (at least the 14 besides the cell itself), and
