@@ -1,12 +1,20 @@
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
-from anndata import AnnData
+from anndata import AnnData, read_h5ad
 
 import chromtools as ct
-from chromtools.tl._label_transfer import _weights, balance_label_prior, distance_ratio, knn_label_probabilities
+from chromtools.tl._label_transfer import (
+    _weights,
+    balance_label_prior,
+    distance_ratio,
+    knn_label_probabilities,
+    reference_self_consistency,
+)
 
 
 def _adata(latent, labels=None, key="X_reference"):
@@ -96,6 +104,57 @@ def test_balanced_prior_finds_a_type_rare_in_the_reference_but_common_in_the_que
     assert acc["balanced"] > acc["reference"] + 0.08
     with pytest.raises(ValueError, match="label_prior"):
         ct.tl.transfer_labels(_adata(q_latent), ref, "cell_type", label_prior="uniform")
+
+
+def test_reference_self_consistency_by_hand():
+    # x = 0, 1 (A), 2, 10 (B); each cell's one nearest other cell: 1, 0, 1, 2 -> votes A, A, A, B
+    dist = np.array([[1.0], [1.0], [1.0], [8.0]])
+    idx = np.array([[1], [0], [1], [2]])
+    acc, recall = reference_self_consistency(
+        dist, idx, ["A", "A", "B", "B"], weighting="uniform", label_prior="reference"
+    )
+    assert acc == pytest.approx(0.75)
+    assert recall.to_dict("index") == {"A": {"n_cells": 2, "recall": 1.0}, "B": {"n_cells": 2, "recall": 0.5}}
+
+
+def test_transfer_labels_reports_how_well_the_space_separates_the_reference():
+    rng = np.random.default_rng(5)
+    labels = np.repeat(["A", "B", "C"], [300, 200, 100])
+    centres = {"A": (0.0, 0.0), "B": (6.0, 0.0), "C": (0.0, 6.0)}
+    separated = np.array([centres[c] for c in labels]) + rng.normal(0, 1.0, (600, 2))
+    query = _adata(rng.normal(0, 1.0, (50, 2)))
+    out = {}
+    for name, latent in (("separated", separated), ("noise", rng.normal(0, 1.0, (600, 2)))):
+        for prior in ("balanced", "reference"):
+            for novelty in (True, False):
+                q = query.copy()
+                ct.tl.transfer_labels(q, _adata(latent, labels), "cell_type", label_prior=prior, novelty=novelty)
+                info = q.uns["cell_type_pred"]
+                out[name, prior, novelty] = info["reference_loo_accuracy"], info["reference_loo_recall"]["recall"]
+    for prior in ("balanced", "reference"):  # the self-neighbours of the novelty score are reused as they are
+        assert out["separated", prior, True][0] == out["separated", prior, False][0]
+        pd.testing.assert_series_equal(out["separated", prior, True][1], out["separated", prior, False][1])
+    acc, recall = out["separated", "balanced", True]
+    assert acc > 0.98 and list(recall.index) == ["A", "B", "C"] and recall.min() > 0.95
+    # a space without type signal: votes as cast lean to the majority (A, half the cells), balanced ones scatter
+    # over the three types (accuracy about 1/3)
+    acc_ref, recall_ref = out["noise", "reference", True]
+    acc_bal, recall_bal = out["noise", "balanced", True]
+    assert 0.35 < acc_ref < 0.6 and recall_ref["A"] > 0.6 and recall_ref["C"] < 0.1
+    assert abs(acc_bal - 1 / 3) < 0.08 and acc_bal < acc_ref - 0.05 and recall_bal["C"] > recall_ref["C"] + 0.2
+
+
+def test_reference_diagnostics_survive_an_h5ad_round_trip(tmp_path):
+    # labels with a slash (Granja's 'G/M prog') cannot be keys of an h5ad group; the recall table is a DataFrame
+    ref = _adata([[0.0], [1.0], [5.0], [6.0]], ["G/M prog", "G/M prog", "B", "B"])
+    query = _adata([[0.5], [5.5]])
+    ct.tl.transfer_labels(query, ref, "cell_type", n_neighbors=1, novelty=False)
+    with warnings.catch_warnings():  # anndata warns of slashes in keys before it refuses them
+        warnings.simplefilter("error", FutureWarning)
+        AnnData(uns={"cell_type_pred": query.uns["cell_type_pred"]}).write_h5ad(tmp_path / "q.h5ad")
+    back = read_h5ad(tmp_path / "q.h5ad").uns["cell_type_pred"]
+    assert back["reference_loo_accuracy"] == 1.0
+    assert back["reference_loo_recall"].loc["G/M prog", "n_cells"] == 2
 
 
 def test_weights_are_normalised_and_decrease_with_distance():
