@@ -68,9 +68,8 @@ def score_rules(query, ref, label: str, k: int) -> dict[str, dict[str, float]]:
     import chromtools as ct
 
     ct.tl.transfer_labels(query, ref, label, n_neighbors=k, label_prior="reference", novelty=False, key_added="p")
-    probs = query.obsm["p_probabilities"]
-    cols = probs.columns.astype(str).to_numpy()
-    P0 = probs.to_numpy(dtype=np.float64)
+    cols = np.asarray(query.uns["p"]["labels"]).astype(str)
+    P0 = np.asarray(query.obsm["p_probabilities"], dtype=np.float64)
     counts = ref.obs[label].astype(str).value_counts().reindex(cols).to_numpy(dtype=np.float64)
     truth = query.obs[label].astype(str).to_numpy()
     out = {}

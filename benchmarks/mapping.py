@@ -123,8 +123,8 @@ def score(ref, query, z_ref, z_q, *, unknown: list[str] | None = None) -> dict:
     res = {"label_transfer_s": c.wall}
     s_pred = ct.metrics.label_transfer_scores(q, LABEL, "pred", reference_labels=known_labels)
     # the label before any Unknown call: the argmax of the votes
-    probs = q.obsm["pred_probabilities"]
-    q.obs["argmax"] = probs.columns.to_numpy()[probs.to_numpy().argmax(axis=1)]
+    probs, columns = q.obsm["pred_probabilities"], np.asarray(q.uns["pred"]["labels"])
+    q.obs["argmax"] = columns[probs.argmax(axis=1)]
     s_arg = ct.metrics.label_transfer_scores(q, LABEL, "argmax", reference_labels=known_labels)
     res.update(accuracy=s_arg["accuracy"], macro_f1=s_arg["macro_f1"])
     # the same votes with the reference's composition as their prior (label_prior='reference')

@@ -534,9 +534,13 @@ def transfer_labels(
         One derived number, ``1 - probability · exp(-max(distance_ratio - 1, 0))`` (``1 -
         probability`` with ``novelty=False``), for plots that want a single score.
     ``obsm[... + '_probabilities']``
-        Vote share of every reference label (DataFrame; rows sum to 1).
+        Vote share of every reference label (an array, cells × labels; rows sum to 1), its
+        columns named in ``uns[...]['labels']``. For a DataFrame:
+        ``pd.DataFrame(obsm[k], index=obs_names, columns=uns[key]['labels'])``. (Not stored as a
+        DataFrame because its column names would be h5ad keys, and labels such as
+        ``'G/M prog'`` are refused there by anndata's ``disallow_forward_slash_in_h5ad``.)
     ``uns[...]``
-        ``params``; with novelty, ``novelty_threshold``, ``calibration`` (the method used) and
+        ``labels`` (the columns of the probabilities); ``params``; with novelty, ``novelty_threshold``, ``calibration`` (the method used) and
         ``n_calibration_cells``; ``reference_loo_accuracy`` and ``reference_loo_recall`` (a
         DataFrame: ``n_cells`` and ``recall`` per label): the same rule applied within the
         reference, each reference cell labelled by its nearest other reference cells. They say
@@ -671,8 +675,9 @@ def transfer_labels(
     for name, values in novelty_cols.items():
         target.obs[f"{key}_{name}"] = values
     target.obs[f"{key}_uncertainty"] = uncertainty
-    target.obsm[f"{key}_probabilities"] = probs
+    target.obsm[f"{key}_probabilities"] = probs.to_numpy(dtype=np.float64)
     target.uns[key] = {
+        "labels": np.asarray(probs.columns.astype(str), dtype=object),
         "params": {
             "labels_key": labels_key,
             "use_rep": use_rep,
