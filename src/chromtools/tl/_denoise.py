@@ -680,7 +680,9 @@ def denoise_groups(
     Writes ``adata.uns['ct_denoise' | key_added]`` with ``params``, ``chrom_sizes`` (the genome
     the tracks were written on), ``outputs`` (a DataFrame
     indexed by group: cells, fragments, coverage/denoised/probability/peak paths, peak count,
-    throughput) and ``peaks`` (group → peak table). For a MuData the modality ``mod`` is written.
+    throughput) and ``peaks`` (every group's peaks in one table, its first column ``group``; a
+    table rather than a dict by group, because group names such as ``'G/M prog'`` cannot be keys in
+    an h5ad file). For a MuData the modality ``mod`` is written.
     Returns the object when ``copy=True``, else ``None``.
     """
     from chromtools._utils import get_modality
@@ -705,7 +707,7 @@ def denoise_groups(
         mod=mod,
         progress=progress,
     )
-    rows, tables = [], {}
+    rows, tables = [], []
     for group, row in coverage.iterrows():
         res = denoise(
             row["path"],
@@ -736,7 +738,8 @@ def denoise_groups(
         )
         table = res.peak_table.copy()
         table["chrom"] = table["chrom"].astype(str)
-        tables[str(group)] = table
+        table.insert(0, "group", str(group))
+        tables.append(table)
     adata.uns[key_added] = {
         "params": {
             "groupby": groupby,
@@ -754,6 +757,7 @@ def denoise_groups(
         },
         "chrom_sizes": dict(coverage.attrs["chrom_sizes"]),
         "outputs": pd.DataFrame(rows).set_index("group"),
-        "peaks": tables,
+        # one table, not a dict by group: group names such as 'G/M prog' cannot be h5ad keys
+        "peaks": pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
     }
     return data if copy else None
