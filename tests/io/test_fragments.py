@@ -61,6 +61,20 @@ def test_coverage_counts_cut_sites_exactly(frag_adata, tmp_path):
         assert np.array_equal(ct.io.read_bigwig(res.loc["B", "path"], chrom), expect[chrom])
 
 
+def test_groups_whose_file_names_clash_get_distinct_files(frag_adata, tmp_path):
+    a, rows = frag_adata
+    a.obs["cell_type"] = ["T/NK"] * 30 + ["T NK"] * 10  # both would be T_NK.bw
+    res = ct.io.pseudobulk_coverage(a, "cell_type", tmp_path / "cov", chrom_sizes={"chr1": 10_000, "chr2": 10_000})
+    assert res.loc["T/NK", "path"] != res.loc["T NK", "path"]
+    assert sorted(p.name for p in (tmp_path / "cov").iterdir()) == ["T_NK.bw", "T_NK_2.bw"]
+    expect = np.zeros(10_000)
+    for chrom, s, e, bc, _ in rows:
+        if chrom == "chr1" and int(bc[2:]) >= 30:  # the 10 cells of 'T NK'
+            expect[s] += 1
+            expect[e - 1] += 1
+    assert np.array_equal(ct.io.read_bigwig(res.loc["T NK", "path"], "chr1"), expect)
+
+
 def test_coverage_shift_smooth_and_normalize(frag_adata, tmp_path):
     a, rows = frag_adata
     sizes = {"chr1": 10_000, "chr2": 10_000}

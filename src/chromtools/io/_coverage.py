@@ -97,6 +97,25 @@ def _safe_name(group: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in group)
 
 
+def _file_stems(groups: Sequence[str]) -> dict[str, str]:
+    """A distinct, file-system-safe stem per group: ``'T/NK'`` and ``'T NK'`` must not share ``T_NK.bw``.
+
+    Characters other than letters, digits, ``-``, ``_`` and ``.`` become ``_``; a group whose stem
+    is taken already (compared case-insensitively, as on macOS and Windows) gets ``_2``, ``_3``...
+    """
+    stems: dict[str, str] = {}
+    taken: set[str] = set()
+    for g in groups:
+        base = _safe_name(str(g)) or "group"
+        stem, n = base, 1
+        while stem.casefold() in taken:
+            n += 1
+            stem = f"{base}_{n}"
+        taken.add(stem.casefold())
+        stems[g] = stem
+    return stems
+
+
 @doc_params
 def pseudobulk_coverage(
     data: AnnData | MuData,
@@ -132,7 +151,10 @@ def pseudobulk_coverage(
     groupby
         Column of ``obs`` whose values define the groups (cell types, clusters ...).
     out_dir
-        Folder for the bigWigs, ``{{prefix}}{{group}}.bw``; created if needed.
+        Folder for the bigWigs, ``{{prefix}}{{group}}.bw``; created if needed. Characters of the
+        group other than letters, digits, ``-``, ``_`` and ``.`` become ``_``, and a group whose
+        file name is taken by another (``'T/NK'`` and ``'T NK'``) gets ``_2``, ``_3``... (the
+        ``path`` column says which file is whose).
     fragments
         Fragments file; default ``uns['files']['fragments']``.
     groups
@@ -177,6 +199,7 @@ def pseudobulk_coverage(
         msg = f"smooth must be >= 0 bp, got {smooth}."
         raise ValueError(msg)
     names = list(cells)
+    stems = _file_stems(names)
     barcode_index = pd.Index(np.concatenate([np.asarray(c, dtype=object) for c in cells.values()]))
     if not barcode_index.is_unique:
         msg = (
@@ -289,7 +312,7 @@ def pseudobulk_coverage(
                 scale = 1e6 / max(n_cuts[g], 1)
             elif normalize == "per_cell":
                 scale = 1.0 / len(cells[name])
-            path = out_dir / f"{prefix}{_safe_name(name)}.bw"
+            path = out_dir / f"{prefix}{stems[name]}.bw"
             with BigWigWriter(path, header) as out:
                 for chrom in header:
                     if chrom in parts:

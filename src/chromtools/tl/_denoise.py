@@ -740,6 +740,8 @@ def denoise_groups(
         table["chrom"] = table["chrom"].astype(str)
         table.insert(0, "group", str(group))
         tables.append(table)
+    peaks = pd.concat(tables, ignore_index=True)
+    peaks["group"] = pd.Categorical(peaks["group"], categories=[str(g) for g in coverage.index])
     adata.uns[key_added] = {
         "params": {
             "groupby": groupby,
@@ -758,6 +760,6 @@ def denoise_groups(
         "chrom_sizes": dict(coverage.attrs["chrom_sizes"]),
         "outputs": pd.DataFrame(rows).set_index("group"),
         # one table, not a dict by group: group names such as 'G/M prog' cannot be h5ad keys
-        "peaks": pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(),
+        "peaks": peaks,
     }
     return data if copy else None

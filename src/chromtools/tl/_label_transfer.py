@@ -81,15 +81,21 @@ class _KnnIndex:
 
     def self_neighbors(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Distances and indices of each reference cell's ``k`` nearest other reference cells."""
-        kk = min(k + 1, self.data.shape[0])
-        if self.method == "pynndescent" and self.data.shape[0] > kk:
+        n = self.data.shape[0]
+        kk = min(k + 1, n)
+        if self.method == "pynndescent" and n > kk:
             idx, dist = self._nndescent(kk).neighbor_graph
             idx, dist = idx[:, :kk].astype(np.int64), dist[:, :kk].astype(np.float64)
         else:
             from sklearn.neighbors import NearestNeighbors
 
             dist, idx = NearestNeighbors(n_neighbors=kk).fit(self.data).kneighbors(self.data)
-        return dist[:, 1:], idx[:, 1:]  # drop the cell itself
+        # drop the cell itself; it need not come first: a twin at distance 0 may be listed before
+        # it, and then the cell is where the list ends or beyond it (its last entry is dropped)
+        is_self = idx == np.arange(n)[:, None]
+        is_self[~is_self.any(axis=1), -1] = True
+        keep = ~is_self
+        return dist[keep].reshape(n, kk - 1), idx[keep].reshape(n, kk - 1)
 
 
 def _reference_arrays(
@@ -480,10 +486,11 @@ def transfer_labels(
         On an embedding that barely separates the types, each vote is close to a random draw,
         and dividing by the shares lifts the few chance votes of types of a handful of cells
         above the common ones: in the tutorial's 221-cell multiome reference (MULTIVI,
-        ``reference_loo_accuracy`` 0.21 with the votes as cast, largest type 0.14 of the cells)
-        accuracy fell from 0.18 to 0.04. Floors and pseudo-counts on the shares of small types
-        lost macro-F1 on the choose split, whole or cut down to 225 cells
-        (``benchmarks/results/label_prior.json``), so there is no such guard: check
+        ``reference_loo_accuracy`` 0.21 with ``label_prior='reference'``, largest type 0.14 of
+        the cells) accuracy fell from 0.18 to 0.04. Floors and pseudo-counts on the shares of
+        small types did not beat the unguarded prior on the choose split: a tie at best on the
+        whole reference, losses with four types cut to 1-5 cells and on random 225-cell
+        references (``benchmarks/results/label_prior.json``). So there is no such guard: check
         ``uns[key]['reference_loo_accuracy']`` and use ``'reference'``, or a better embedding,
         when it is low.
     threshold
@@ -543,13 +550,15 @@ def transfer_labels(
         ``labels`` (the columns of the probabilities); ``params``; with novelty, ``novelty_threshold``, ``calibration`` (the method used) and
         ``n_calibration_cells``; ``reference_loo_accuracy`` and ``reference_loo_recall`` (a
         DataFrame: ``n_cells`` and ``recall`` per label): the same rule applied within the
-        reference, each reference cell labelled by its nearest other reference cells. They say
-        how well the shared space separates the reference's own types. It is a warning sign, not
-        an estimate of the query's accuracy: near the largest type's share, the space carries
-        little type signal and transferred labels are little better than the prior; a high value
-        is optimistic, above all for a space trained with these labels (PeakSCANVI on Granja
-        D5T1: 0.98, while the D6T1 query got about 0.6). A label of a single reference cell
-        always has recall 0 here (no other cell can vote for it).
+        reference, each reference cell labelled by its nearest other reference cells (written
+        when the reference has two cells or more). They say how well the shared space separates
+        the reference's own types. It is a warning sign, not an estimate of the query's
+        accuracy: near chance — the largest type's share with ``label_prior='reference'``,
+        about one over the number of types with ``'balanced'`` — the space carries little type
+        signal and transferred labels are little better than the prior; a high value is
+        optimistic, above all for a space trained with these labels (PeakSCANVI on Granja D5T1:
+        0.98, while the D6T1 query got about 0.6). A label of a single reference cell always
+        has recall 0 here (no other cell can vote for it).
 
     Notes
     -----
