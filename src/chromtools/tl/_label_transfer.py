@@ -547,10 +547,10 @@ def transfer_labels(
         DataFrame because its column names would be h5ad keys, and labels such as
         ``'G/M prog'`` are refused there by anndata's ``disallow_forward_slash_in_h5ad``.)
     ``uns[...]``
-        ``labels`` (the columns of the probabilities); ``params``; with novelty, ``novelty_threshold``, ``calibration`` (the method used) and
-        ``n_calibration_cells``; ``reference_loo_accuracy`` and ``reference_loo_recall`` (a
-        DataFrame: ``n_cells`` and ``recall`` per label): the same rule applied within the
-        reference, each reference cell labelled by its nearest other reference cells (written
+        ``labels`` (the columns of the probabilities); ``params``; with novelty,
+        ``novelty_threshold``, ``calibration`` (the method used) and ``n_calibration_cells``;
+        ``reference_loo_accuracy`` and ``reference_loo_recall`` (a DataFrame: ``n_cells`` and
+        ``recall`` per label): the same rule applied within the reference, each reference cell labelled by its nearest other reference cells (written
         when the reference has two cells or more). They say how well the shared space separates
         the reference's own types. It is a warning sign, not an estimate of the query's
         accuracy: near chance — the largest type's share with ``label_prior='reference'``,
