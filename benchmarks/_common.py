@@ -72,3 +72,8 @@ def write_results(name: str, results: dict) -> Path:
     path.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def chosen_mapping_kwargs() -> dict:
+    """PeakSCANVI settings that ``benchmarks/mapping.py`` chose on the choose split (from its committed results)."""
+    return json.loads((RESULTS / "mapping.json").read_text())["results"]["chromtools"]["model_kwargs"]

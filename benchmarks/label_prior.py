@@ -46,9 +46,8 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DATA, git_commit, machine, require_data, write_results
+from _common import DATA, chosen_mapping_kwargs, git_commit, machine, require_data, write_results
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SEEDS = [0, 1, 2]
 N_DRAWS = 4
 CUT_SIZES = (1, 2, 3, 5)
@@ -85,7 +84,7 @@ def score_rules(query, ref, label: str, k: int) -> dict[str, dict[str, float]]:
     return out
 
 
-def granja(chosen: dict, k: int, label: str, load) -> dict:
+def granja(chosen: dict, k: int, label: str, load) -> list[dict]:
     import chromtools as ct
 
     ref0, query = load("choose")
@@ -115,16 +114,12 @@ def granja(chosen: dict, k: int, label: str, load) -> dict:
         for task, draw, keep in subsets:
             sub = ref[keep].copy()
             sub.obs[label] = sub.obs[label].astype(str)
-            for rule, m in score_rules(query, sub, label, k).items():
-                rows.append({"task": task, "seed": seed, "draw": draw, "rule": rule, **m})
-        # how well the space separates the whole reference (the votes as cast; chance: the largest type's share)
-        loo = [
-            r["reference_loo_accuracy"]
-            for r in rows
-            if r["seed"] == seed and r["task"] == "full" and r["rule"] == "reference"
-        ]
-        print("granja seed", seed, "reference leave-one-out accuracy", loo[0], flush=True)
-    return {"rows": rows}
+            scores = score_rules(query, sub, label, k)
+            rows += [{"task": task, "seed": seed, "draw": draw, "rule": rule, **m} for rule, m in scores.items()]
+            if task == "full":  # how well the space separates the whole reference (votes as cast)
+                loo = scores["reference"]["reference_loo_accuracy"]
+        print("granja seed", seed, "reference leave-one-out accuracy", loo, flush=True)
+    return rows
 
 
 def multiome(k: int) -> dict:
@@ -208,7 +203,7 @@ def main() -> None:
 
     require_data()
     torch.set_num_threads(2)
-    chosen = json.loads((RESULTS / "mapping.json").read_text())["results"]["chromtools"]["model_kwargs"]
+    chosen = chosen_mapping_kwargs()
     out: dict = {
         "git_commit": git_commit(),
         "machine": machine(),
@@ -219,7 +214,7 @@ def main() -> None:
         "seeds": SEEDS,
         "draws_per_seed": N_DRAWS,
     }
-    rows = granja(chosen, N_NEIGHBORS, LABEL, load)["rows"]
+    rows = granja(chosen, N_NEIGHBORS, LABEL, load)
     out["granja_choose"] = summarise(rows)
     out["granja_choose_rows"] = rows
     out["chosen"] = decide(out["granja_choose"])

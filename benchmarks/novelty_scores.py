@@ -27,9 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import git_commit, machine, require_data, write_results
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from _common import chosen_mapping_kwargs, git_commit, machine, require_data, write_results
 
 
 def main() -> None:
@@ -41,7 +39,7 @@ def main() -> None:
 
     require_data()
     torch.set_num_threads(2)
-    chosen = json.loads((RESULTS / "mapping.json").read_text())["results"]["chromtools"]["model_kwargs"]
+    chosen = chosen_mapping_kwargs()
     out: dict = {
         "git_commit": git_commit(),
         "machine": machine(),
