@@ -150,3 +150,26 @@ def test_real_hsc_roundtrip_is_exact(shared_data, tmp_path):
                 assert np.array_equal(va, vb) and np.array_equal(sa, sb) and np.array_equal(ea, eb)
     clean = ct.io.read_bigwig(hsc.clean, "chr1", 0, 1_000_000)
     assert clean.dtype == np.float32 and clean.max() > 100  # real coverage, not an empty read
+
+
+def test_chrom_sizes_table_survives_strict_h5ad(tmp_path):
+    import anndata
+
+    from chromtools.io._sizes import chrom_sizes_table
+
+    sizes = {"chr1": 1_000, "HLA-A*01:01:01:01": 3_503, "chrUn/7": 250}  # '/' would be refused as an h5ad key
+    table = chrom_sizes_table(sizes)
+    assert list(table.index) == list(sizes) and table.index.name == "chrom"
+    assert ct.io.read_chrom_sizes(table) == ct.io.read_chrom_sizes(table["size"]) == sizes
+    with pytest.raises(ValueError, match="needs a 'size' column"):
+        ct.io.read_chrom_sizes(table.rename(columns={"size": "length"}))
+    adata = anndata.AnnData(np.zeros((2, 1)), uns={"ct_denoise": {"chrom_sizes": table}})
+    strict = "disallow_forward_slash_in_h5ad"  # anndata's coming default
+    if not hasattr(anndata.settings, strict):
+        pytest.skip(f"this anndata ({anndata.__version__}) has no {strict} setting")
+    with anndata.settings.override(**{strict: True}):
+        adata.write_h5ad(tmp_path / "sizes.h5ad")
+        with pytest.raises(ValueError, match="/"):  # the dict it replaced could not be written
+            anndata.AnnData(np.zeros((2, 1)), uns={"s": sizes}).write_h5ad(tmp_path / "dict.h5ad")
+    back = anndata.read_h5ad(tmp_path / "sizes.h5ad").uns["ct_denoise"]["chrom_sizes"]
+    assert ct.io.read_chrom_sizes(back) == sizes

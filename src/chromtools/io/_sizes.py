@@ -6,6 +6,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import pandas as pd
+
 from chromtools._utils import PathLike, atomic_output
 
 logger = logging.getLogger(__name__)
@@ -24,20 +26,29 @@ def is_bigwig(path: PathLike) -> bool:
     return head in (BIGWIG_MAGIC, BIGWIG_MAGIC[::-1])
 
 
-def read_chrom_sizes(source: PathLike | Mapping[str, int]) -> ChromSizes:
+def read_chrom_sizes(source: PathLike | Mapping[str, int] | pd.Series | pd.DataFrame) -> ChromSizes:
     """Read chromosome sizes.
 
     Parameters
     ----------
     source
         A two-column ``.sizes``/``.genome`` file (name and length, tab or space separated,
-        ``#`` comments allowed), a bigWig file (its header is read), or a mapping that is
-        validated and copied.
+        ``#`` comments allowed), a bigWig file (its header is read), a mapping that is
+        validated and copied, or a pandas Series (or a DataFrame with a ``size`` column)
+        indexed by chromosome, such as the ``chrom_sizes`` table that
+        :func:`chromtools.tl.denoise_groups` records in ``uns``.
 
     Returns
     -------
     Chromosome name → length, in the order given.
     """
+    if isinstance(source, pd.DataFrame):
+        if "size" not in source.columns:
+            msg = f"A chrom_sizes table needs a 'size' column indexed by chromosome; found columns {list(source.columns)}."
+            raise ValueError(msg)
+        source = source["size"]
+    if isinstance(source, pd.Series):
+        return _validate_sizes({str(k): v for k, v in source.items()}, "the chrom_sizes table")
     if isinstance(source, Mapping):
         return _validate_sizes(dict(source), "the chrom_sizes mapping")
     path = Path(source)
@@ -89,6 +100,14 @@ def _validate_sizes(sizes: ChromSizes, where: str) -> ChromSizes:
             raise ValueError(msg)
         out[name] = int(size)
     return out
+
+
+def chrom_sizes_table(sizes: Mapping[str, int]) -> pd.DataFrame:
+    """Chromosome sizes as a DataFrame (index ``chrom``, column ``size``), the form kept in ``uns``.
+
+    Contig names are values here, not keys, so names holding '/' can be written to h5ad.
+    """
+    return pd.DataFrame({"size": [int(v) for v in sizes.values()]}, index=pd.Index(list(sizes), name="chrom"))
 
 
 def write_chrom_sizes(sizes: Mapping[str, int], path: PathLike) -> Path:

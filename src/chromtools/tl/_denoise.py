@@ -28,6 +28,7 @@ from chromtools.io import (
     read_window,
     write_narrowpeak,
 )
+from chromtools.io._sizes import chrom_sizes_table
 from chromtools.models import PeakStream, TrackDenoiser, drop_blacklisted, input_transform, score_peaks
 from chromtools.tl._peaks import name_peaks
 from chromtools.tl._windows import tile
@@ -678,7 +679,8 @@ def denoise_groups(
     Returns
     -------
     Writes ``adata.uns['ct_denoise' | key_added]`` with ``params``, ``chrom_sizes`` (the genome
-    the tracks were written on), ``outputs`` (a DataFrame
+    the tracks were written on: a DataFrame indexed by chromosome with a ``size`` column, which
+    :func:`chromtools.io.read_chrom_sizes` reads back into a dict), ``outputs`` (a DataFrame
     indexed by group: cells, fragments, coverage/denoised/probability/peak paths, peak count,
     throughput) and ``peaks`` (every group's peaks in one table, its first column ``group``; a
     table rather than a dict by group, because group names such as ``'G/M prog'`` cannot be keys in
@@ -757,7 +759,8 @@ def denoise_groups(
             "model_arch": model.spec_["arch"],
             "out_dir": str(out_dir),
         },
-        "chrom_sizes": dict(coverage.attrs["chrom_sizes"]),
+        # a table, not a dict by chromosome: contig names may hold '/', which cannot be an h5ad key
+        "chrom_sizes": chrom_sizes_table(coverage.attrs["chrom_sizes"]),
         "outputs": pd.DataFrame(rows).set_index("group"),
         # one table, not a dict by group: group names such as 'G/M prog' cannot be h5ad keys
         "peaks": peaks,
