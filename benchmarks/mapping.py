@@ -21,7 +21,10 @@ Protocol (three disjoint uses of the data)
              alone, before the others start (ALONE).
 
 Methods (report split)
-    chromtools      ct.tl.train_reference (PeakSCANVI, semi-supervised) + ct.tl.map_query + ct.tl.transfer_labels
+    chromtools      ct.tl.train_reference (PeakSCANVI, semi-supervised) + ct.tl.map_query + ct.tl.transfer_labels;
+                    an ensemble candidate (n_models 3) trains 3 references with different seeds, maps the query
+                    onto each and averages their votes (transfer_labels(use_rep=[the 3 keys])); its reference
+                    and query times are the sums over the 3 members
     peakvi_200      scvi-tools PEAKVI surgery (scArches settings: encode_covariates, layer norm, dropout 0.2),
                     200 epochs reference and query, weight decay really 0 in the query (passed as
                     train(weight_decay=0.0): PEAKVI.train overwrites plan_kwargs['weight_decay'] with its own)
@@ -59,11 +62,15 @@ from _common import DATA, git_commit, machine, peak_rss_mb, require_data, write_
 N_NEIGHBORS = 15
 LABEL = "cell_type"
 SEEDS = [0, 1, 2]
-#: chromtools candidates, fixed before the run; chosen on D5T1 -> D6T1 only
+#: chromtools candidates, fixed before the run; chosen on D5T1 -> D6T1 only. model_kwargs go to
+#: ct.tl.train_reference; n_models > 1 is an ensemble: that many references (seeds seed*n .. seed*n + n-1),
+#: each query mapped onto each, and ct.tl.transfer_labels(use_rep=[every member's key]) averages their votes
 CANDIDATES = {
-    "defaults": {},
-    "classification_weight_5": {"classification_weight": 5.0},
-    "input_dropout_0.2": {"input_dropout": 0.2},
+    "defaults": {"model_kwargs": {}, "n_models": 1},
+    "classification_weight_5": {"model_kwargs": {"classification_weight": 5.0}, "n_models": 1},
+    "input_dropout_0.2": {"model_kwargs": {"input_dropout": 0.2}, "n_models": 1},
+    "defaults_x3": {"model_kwargs": {}, "n_models": 3},
+    "input_dropout_0.2_x3": {"model_kwargs": {"input_dropout": 0.2}, "n_models": 3},
 }
 #: held-out types for unknown detection, fixed before the run: one lymphoid, one NK, one myeloid progenitor
 HELD_OUT = ["17_B", "25_NK", "07_GMP"]
@@ -116,9 +123,13 @@ def score(ref, query, z_ref, z_q, *, unknown: list[str] | None = None) -> dict:
 
     r = ad.AnnData(obs=ref.obs[["batch", LABEL]].copy())
     q = ad.AnnData(obs=query.obs[["batch", LABEL]].copy())
-    r.obsm["X_emb"], q.obsm["X_emb"] = np.asarray(z_ref, np.float32), np.asarray(z_q, np.float32)
+    z_ref, z_q = (z_ref, z_q) if isinstance(z_ref, list) else ([z_ref], [z_q])
+    reps = [f"X_emb_{m}" for m in range(len(z_ref))]  # several: an ensemble, whose votes are averaged
+    for rep, zr, zq in zip(reps, z_ref, z_q, strict=True):
+        r.obsm[rep], q.obsm[rep] = np.asarray(zr, np.float32), np.asarray(zq, np.float32)
+    use_rep = reps[0] if len(reps) == 1 else reps
     with Clock() as c:
-        ct.tl.transfer_labels(q, r, LABEL, use_rep="X_emb", n_neighbors=N_NEIGHBORS, key_added="pred")
+        ct.tl.transfer_labels(q, r, LABEL, use_rep=use_rep, n_neighbors=N_NEIGHBORS, key_added="pred")
     known_labels = sorted(set(ref.obs[LABEL].astype(str)))
     res = {"label_transfer_s": c.wall}
     s_pred = ct.metrics.label_transfer_scores(q, LABEL, "pred", reference_labels=known_labels)
@@ -129,7 +140,7 @@ def score(ref, query, z_ref, z_q, *, unknown: list[str] | None = None) -> dict:
     res.update(accuracy=s_arg["accuracy"], macro_f1=s_arg["macro_f1"])
     # the same votes with the reference's composition as their prior (label_prior='reference')
     ct.tl.transfer_labels(
-        q, r, LABEL, use_rep="X_emb", n_neighbors=N_NEIGHBORS, label_prior="reference", novelty=False, key_added="ref"
+        q, r, LABEL, use_rep=use_rep, n_neighbors=N_NEIGHBORS, label_prior="reference", novelty=False, key_added="ref"
     )
     s_ref = ct.metrics.label_transfer_scores(q, LABEL, "ref", reference_labels=known_labels)
     res["label_prior_reference"] = {"accuracy": s_ref["accuracy"], "macro_f1": s_ref["macro_f1"]}
@@ -147,45 +158,69 @@ def score(ref, query, z_ref, z_q, *, unknown: list[str] | None = None) -> dict:
 # ----------------------------------------------------------------------------------------------
 # methods
 # ----------------------------------------------------------------------------------------------
-def chromtools_run(ref, query, seed: int, model_kwargs: dict, unknown=None):
+def member_keys(n_models: int) -> list[str]:
+    """obsm keys of an ensemble's members (one model: the default key)."""
+    return ["X_reference"] if n_models == 1 else [f"X_reference_{m}" for m in range(n_models)]
+
+
+def chromtools_run(ref, query, seed: int, candidate: dict, unknown=None):
+    """Train the candidate's reference(s) and map the query; an ensemble's times are summed over its members."""
     import chromtools as ct
 
     r, q = ref.copy(), query.copy()
-    model = Path(tempfile.mkdtemp(prefix="chromtools_reference_"))  # the saved reference, removed at exit
-    atexit.register(shutil.rmtree, model, ignore_errors=True)
-    with Clock() as t_ref:
-        ct.tl.train_reference(
-            r, "batch", LABEL, model_dir=model, random_state=seed, max_epochs=epochs(None), model_kwargs=model_kwargs
-        )
-    with Clock() as t_q:
-        ct.tl.map_query(q, model, random_state=seed, max_epochs=epochs(None))
-    info = q.uns["X_reference"]
-    res = score(r, q, r.obsm["X_reference"], q.obsm["X_reference"], unknown=unknown)
+    n = int(candidate["n_models"])
+    keys, models = member_keys(n), []
+    t_ref = {"wall": 0.0, "cpu": 0.0}
+    t_q = {"wall": 0.0, "cpu": 0.0}
+    for m, key in enumerate(keys):
+        model = Path(tempfile.mkdtemp(prefix="chromtools_reference_"))  # the saved reference, removed at exit
+        atexit.register(shutil.rmtree, model, ignore_errors=True)
+        models.append(model)
+        with Clock() as t_r:
+            ct.tl.train_reference(
+                r,
+                "batch",
+                LABEL,
+                model_dir=model,
+                key_added=key,
+                random_state=seed * n + m,
+                max_epochs=epochs(None),
+                model_kwargs=candidate["model_kwargs"],
+            )
+        with Clock() as t_m:
+            ct.tl.map_query(q, model, key_added=key, random_state=seed * n + m, max_epochs=epochs(None))
+        for total, clock in ((t_ref, t_r), (t_q, t_m)):
+            total["wall"] += clock.wall
+            total["cpu"] += clock.cpu
+    infos = [q.uns[k] for k in keys]
+    res = score(r, q, [r.obsm[k] for k in keys], [q.obsm[k] for k in keys], unknown=unknown)
     res.update(
-        reference_s=t_ref.wall,
-        reference_cpu_s=t_ref.cpu,
-        query_s=t_q.wall,
-        query_cpu_s=t_q.cpu,
-        reference_epochs=int(r.uns["X_reference"]["params"]["n_epochs"]),
-        query_epochs=int(info["n_epochs"]),
-        frozen_identical=bool(info["frozen_identical"]),
-        frozen_max_abs_diff=float(info["frozen_max_abs_diff"]),
-        n_trained_parameters=int(info["n_trained_parameters"]),
-        latent_dim=int(r.obsm["X_reference"].shape[1]),
+        n_models=n,
+        member_seeds=[seed * n + m for m in range(n)],
+        reference_s=t_ref["wall"],
+        reference_cpu_s=t_ref["cpu"],
+        query_s=t_q["wall"],
+        query_cpu_s=t_q["cpu"],
+        reference_epochs=[int(r.uns[k]["params"]["n_epochs"]) for k in keys],
+        query_epochs=[int(i["n_epochs"]) for i in infos],
+        frozen_identical=all(bool(i["frozen_identical"]) for i in infos),
+        frozen_max_abs_diff=max(float(i["frozen_max_abs_diff"]) for i in infos),
+        n_trained_parameters=int(infos[0]["n_trained_parameters"]),
+        latent_dim=int(r.obsm[keys[0]].shape[1]),
     )
-    return res, model, r
+    return res, models, r
 
 
 def task_choose(args) -> dict:
     ref, query = load("choose")
     out = {}
-    for name, kwargs in CANDIDATES.items():
-        res, _, _ = chromtools_run(ref, query, 0, kwargs)
+    for name, candidate in CANDIDATES.items():
+        res, _, _ = chromtools_run(ref, query, 0, candidate)
         res.pop("per_class_f1")
         out[name] = res
         print(f"    choose {name}: acc {res['accuracy']:.3f} F1 {res['macro_f1']:.3f}", flush=True)
     best = max(out, key=lambda k: out[k]["macro_f1"])
-    return {"candidates": out, "chosen": best, "chosen_kwargs": CANDIDATES[best], "criterion": "macro_f1"}
+    return {"candidates": out, "chosen": best, "chosen_candidate": CANDIDATES[best], "criterion": "macro_f1"}
 
 
 def task_chromtools(args) -> dict:
@@ -194,7 +229,7 @@ def task_chromtools(args) -> dict:
     ref, query = load("report")
     per_seed, model0, ref0 = {}, None, None
     for seed in SEEDS[: 1 if SMOKE else None]:
-        res, model, r = chromtools_run(ref, query, seed, args["chosen_kwargs"])
+        res, model, r = chromtools_run(ref, query, seed, args["chosen_candidate"])
         per_seed[str(seed)] = res
         if model0 is None:
             model0, ref0 = model, r
@@ -209,13 +244,19 @@ def task_chromtools(args) -> dict:
             "mean": float(v.mean()),
             "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0,
         }
-    out = {"settings": args["chosen_name"], "model_kwargs": args["chosen_kwargs"], "seeds": per_seed}
+    chosen = args["chosen_candidate"]
+    out = {
+        "settings": args["chosen_name"],
+        "model_kwargs": chosen["model_kwargs"],
+        "n_models": chosen["n_models"],
+        "seeds": per_seed,
+    }
     out["mean_sd"] = summary
     out["cross_dataset"] = cross_dataset(model0, ref0, query)
     return out
 
 
-def cross_dataset(model, ref, query) -> dict:
+def cross_dataset(models: list, ref, query) -> dict:
     """The query arrives with its own peaks: overlap alignment vs re-counting its fragments in the reference peaks."""
     import gzip
 
@@ -277,12 +318,14 @@ def cross_dataset(model, ref, query) -> dict:
         out["recount"] = {"peak_matrix_s": c.wall, "entries_differing_from_original_counts": int(exact)}
         for name, q in (("overlap_alignment", q_own), ("peak_matrix_recount", q_re)):
             q.obs["batch"] = query.obs["batch"].to_numpy()
+            keys = member_keys(len(models))
             with Clock() as t_q:
-                ct.tl.map_query(q, model, random_state=0, max_epochs=epochs(None))
-            res = score(ref, query, ref.obsm["X_reference"], q.obsm["X_reference"])
+                for m, (key, model) in enumerate(zip(keys, models, strict=True)):
+                    ct.tl.map_query(q, model, key_added=key, random_state=m, max_epochs=epochs(None))
+            res = score(ref, query, [ref.obsm[k] for k in keys], [q.obsm[k] for k in keys])
             res.pop("per_class_f1")
             res["query_s"] = t_q.wall
-            res["features"] = dict(q.uns["X_reference"]["features"].items())
+            res["features"] = dict(q.uns[keys[0]]["features"].items())
             out[name] = res
             print(f"    cross {name}: acc {res['accuracy']:.3f} F1 {res['macro_f1']:.3f}", flush=True)
         # the LSI baseline through the same two routes
@@ -299,7 +342,7 @@ def task_heldout(args) -> dict:
     out = {}
     for t in HELD_OUT[: 1 if SMOKE else None]:
         ref, query = load("report", drop_type=t)
-        res, _, _ = chromtools_run(ref, query, 0, args["chosen_kwargs"], unknown=[t])
+        res, _, _ = chromtools_run(ref, query, 0, args["chosen_candidate"], unknown=[t])
         res.pop("per_class_f1")
         out[t] = res
         print(f"    held out {t}: AUROC novelty {res['unknown_auroc_novelty']:.3f}", flush=True)
@@ -560,7 +603,7 @@ def schedule(names: list[str], workers: int, threads: int, deadline: dt.datetime
                     results[name] = {"ok": False, "error": "the choice of settings failed"}
                     pending.remove(name)
                     continue
-                args = {"chosen_kwargs": chosen["chosen_kwargs"], "chosen_name": chosen["chosen"]}
+                args = {"chosen_candidate": chosen["chosen_candidate"], "chosen_name": chosen["chosen"]}
             proc = ctx.Process(target=run_one, args=(name, args, threads, queue))
             proc.start()
             running[name] = proc

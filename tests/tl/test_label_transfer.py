@@ -361,3 +361,73 @@ def test_bad_inputs_are_refused():
     with pytest.raises(ValueError, match="stores no reference cells"):
         ct.tl.transfer_labels(query, type("M", (), {"reference_": None})(), "cell_type")
     del bare
+
+
+def _views(rng, centres, lab, noise, n_views):
+    """Cells of known types seen through independent noisy spaces (one per ensemble member)."""
+    return [centres[lab] + rng.normal(0, noise, size=(lab.size, centres.shape[1])) for _ in range(n_views)]
+
+
+def test_an_ensemble_averages_the_votes_and_novelty_of_its_spaces(tmp_path):
+    rng = np.random.default_rng(11)
+    centres = rng.normal(0, 1.5, size=(5, 4))
+    lab_r, lab_q = rng.integers(0, 5, 1500), rng.integers(0, 5, 600)
+    ref_views, q_views = _views(rng, centres, lab_r, 1.0, 3), _views(rng, centres, lab_q, 1.0, 3)
+    ref = _adata(ref_views[0], [f"t{i}" for i in lab_r], key="z0")
+    query = _adata(q_views[0], key="z0")
+    for m in (1, 2):
+        ref.obsm[f"z{m}"], query.obsm[f"z{m}"] = ref_views[m], q_views[m]
+    keys = ["z0", "z1", "z2"]
+    truth = np.array([f"t{i}" for i in lab_q])
+    single = {}
+    for key in keys:
+        ct.tl.transfer_labels(query, ref, "cell_type", use_rep=key, key_added=key)
+        single[key] = (query.obs[key].astype(str).to_numpy() == truth).mean()
+    ct.tl.transfer_labels(query, ref, "cell_type", use_rep=keys, novelty_quantile=0.95, key_added="ens")
+    # the ensemble's vote shares are the mean of its members' (each after the balanced prior)
+    mean_votes = np.mean([query.obsm[f"{k}_probabilities"] for k in keys], axis=0)
+    np.testing.assert_allclose(query.obsm["ens_probabilities"], mean_votes, rtol=1e-12)
+    np.testing.assert_allclose(
+        query.obs["ens_novelty"], np.mean([query.obs[f"{k}_novelty"] for k in keys], axis=0), rtol=1e-12
+    )
+    # independent noise in each space: averaging beats every member
+    acc = (query.obs["ens"].astype(str).to_numpy() == truth).mean()
+    assert acc > max(single.values()) + 0.03, (acc, single)
+    assert query.uns["ens"]["reference_loo_accuracy"] > max(query.uns[k]["reference_loo_accuracy"] for k in keys)
+    # the averaged score is calibrated on the averaged reference scores: cells like the reference are
+    # called Unknown at about 1 - novelty_quantile
+    assert 0.01 < (query.obs["ens"].astype(str) == "Unknown").mean() < 0.10
+    assert list(query.uns["ens"]["params"]["use_rep"]) == keys
+    query.write_h5ad(tmp_path / "ens.h5ad")
+    assert list(read_h5ad(tmp_path / "ens.h5ad").uns["ens"]["params"]["use_rep"]) == keys
+
+
+def test_an_ensemble_of_one_space_twice_is_that_space():
+    rng = np.random.default_rng(12)
+    centres = rng.normal(0, 2, size=(3, 3))
+    lab = rng.integers(0, 3, 400)
+    ref = _adata(_views(rng, centres, lab, 1.0, 1)[0], [f"t{i}" for i in lab])
+    query = _adata(_views(rng, centres, rng.integers(0, 3, 100), 1.0, 1)[0])
+    ref.obsm["copy"], query.obsm["copy"] = ref.obsm["X_reference"], query.obsm["X_reference"]
+    ct.tl.transfer_labels(query, ref, "cell_type", key_added="one")
+    ct.tl.transfer_labels(query, ref, "cell_type", use_rep=["X_reference", "copy"], key_added="two")
+    for col in ("", "_probability", "_novelty", "_novelty_pvalue", "_distance_ratio"):
+        pd.testing.assert_series_equal(query.obs[f"one{col}"], query.obs[f"two{col}"], check_names=False)
+    for k in ("novelty_threshold", "reference_loo_accuracy"):
+        assert query.uns["one"][k] == pytest.approx(query.uns["two"][k])
+
+
+def test_an_ensemble_refuses_bad_spaces(tmp_path):
+    ref = _adata(np.random.default_rng(0).normal(size=(50, 2)), ["A", "B"] * 25)
+    query = _adata(np.zeros((3, 2)))
+    ref.obsm["other"], query.obsm["other"] = np.zeros((50, 2)), np.zeros((3, 1))
+    with pytest.raises(ValueError, match="list of distinct obsm keys"):
+        ct.tl.transfer_labels(query, ref, "cell_type", use_rep=["X_reference", "X_reference"])
+    with pytest.raises(ValueError, match="list of distinct obsm keys"):
+        ct.tl.transfer_labels(query, ref, "cell_type", use_rep=[])
+    with pytest.raises(KeyError, match=r"query has no obsm\['missing'\]"):
+        ct.tl.transfer_labels(query, ref, "cell_type", use_rep=["X_reference", "missing"])
+    with pytest.raises(ValueError, match=r"obsm\['other'\] has 1 dimensions in the query but 2"):
+        ct.tl.transfer_labels(query, ref, "cell_type", use_rep=["X_reference", "other"])
+    with pytest.raises(TypeError, match="needs the reference as an AnnData"):
+        ct.tl.transfer_labels(query, tmp_path / "a_saved_model", "cell_type", use_rep=["X_reference", "other"])
