@@ -494,12 +494,11 @@ def transfer_labels(
         reference cells and the shares renormalised, so that every known type has the same
         prior; ``'reference'``: the vote shares as cast, whose prior is the reference's
         composition (right when the query is known to have that composition). On the Granja
-        D5T1 → D6T1 choose split, whose donors differ in composition, ``'balanced'`` raised the
-        chosen model's accuracy from 0.588 to 0.613 and macro-F1 from 0.451 to 0.518
-        (``benchmarks/results/mapping.json``, seed 0), which made it the default; on the
-        D6T1 → D5T1 report split it lowered accuracy from 0.727 to 0.698 and raised macro-F1
-        from 0.599 to 0.611: it trades cells of common types for rare ones
-        (``benchmarks/mapping.py`` records both priors for every method).
+        D5T1 → D6T1 choose split, whose donors differ in composition, ``'balanced'`` raised a
+        single PeakSCANVI's accuracy from 0.585 to 0.622 and macro-F1 from 0.458 to 0.523
+        (3 seeds, ``benchmarks/results/label_prior.json``), which made it the default. It
+        trades cells of common types for rare ones: ``benchmarks/mapping.py`` records both
+        priors for every method on the report split (README, "Reference mapping").
 
         On an embedding that barely separates the types, each vote is close to a random draw,
         and dividing by the shares lifts the few chance votes of types of a handful of cells
