@@ -102,14 +102,6 @@ def _validate_sizes(sizes: ChromSizes, where: str) -> ChromSizes:
     return out
 
 
-def chrom_sizes_table(sizes: Mapping[str, int]) -> pd.DataFrame:
-    """Chromosome sizes as a DataFrame (index ``chrom``, column ``size``), the form kept in ``uns``.
-
-    Contig names are values here, not keys, so names holding '/' can be written to h5ad.
-    """
-    return pd.DataFrame({"size": [int(v) for v in sizes.values()]}, index=pd.Index(list(sizes), name="chrom"))
-
-
 def write_chrom_sizes(sizes: Mapping[str, int], path: PathLike) -> Path:
     """Write chromosome sizes as a two-column, tab-separated file (atomically)."""
     sizes = _validate_sizes(dict(sizes), "the chrom_sizes mapping")

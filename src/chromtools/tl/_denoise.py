@@ -28,7 +28,6 @@ from chromtools.io import (
     read_window,
     write_narrowpeak,
 )
-from chromtools.io._sizes import chrom_sizes_table
 from chromtools.models import PeakStream, TrackDenoiser, drop_blacklisted, input_transform, score_peaks
 from chromtools.tl._peaks import name_peaks
 from chromtools.tl._windows import tile
@@ -139,6 +138,14 @@ def _check_inputs(
             expected_name=f"'{noisy.name}'",
         )
     return sizes
+
+
+def _chrom_sizes_table(sizes: Mapping[str, int]) -> pd.DataFrame:
+    """Chromosome sizes as a DataFrame (index ``chrom``, column ``size``), the form kept in ``uns``.
+
+    Contig names are values here, not keys, so names holding '/' can be written to h5ad.
+    """
+    return pd.DataFrame({"size": [int(v) for v in sizes.values()]}, index=pd.Index(list(sizes), name="chrom"))
 
 
 def _round(values: np.ndarray, decimals: int | None) -> np.ndarray:
@@ -760,7 +767,7 @@ def denoise_groups(
             "out_dir": str(out_dir),
         },
         # a table, not a dict by chromosome: contig names may hold '/', which cannot be an h5ad key
-        "chrom_sizes": chrom_sizes_table(coverage.attrs["chrom_sizes"]),
+        "chrom_sizes": _chrom_sizes_table(coverage.attrs["chrom_sizes"]),
         "outputs": pd.DataFrame(rows).set_index("group"),
         # one table, not a dict by group: group names such as 'G/M prog' cannot be h5ad keys
         "peaks": peaks,
