@@ -409,38 +409,6 @@ def distance_ratio(
     return _ratio(query_dist, query_idx, radius) / unit
 
 
-def _own_embedding(data, key: str, mod: str | None, what: str) -> np.ndarray:
-    """``obsm[key]`` of a dataset (a MuData's own obsm, else its modality's), checked for finite values."""
-    from mudata import MuData
-
-    adata = data if isinstance(data, MuData) and key in data.obsm else get_modality(data, mod)
-    if key not in adata.obsm:
-        msg = (
-            f"The {what} has no obsm['{key}'] (novelty_smoothing); compute its own embedding first, e.g. "
-            f"chromtools.pp.lsi(<{what}>, key_added='{key}'), on the {what} alone."
-        )
-        raise KeyError(msg)
-    own = np.asarray(adata.obsm[key], dtype=np.float32)
-    if own.ndim != 2 or not np.all(np.isfinite(own)):
-        msg = f"The {what}'s obsm['{key}'] (novelty_smoothing) must be a finite 2-D array."
-        raise ValueError(msg)
-    return own
-
-
-def smooth_over_own_neighbors(
-    values: np.ndarray, own: np.ndarray, n_neighbors: int, *, knn_method: KnnMethod = "auto", random_state: int = 0
-) -> np.ndarray:
-    """Mean of ``values`` over each cell and its ``n_neighbors - 1`` nearest cells of the same dataset in ``own``."""
-    own = np.asarray(own, dtype=np.float32)
-    values = np.asarray(values, dtype=np.float64)
-    k = int(min(n_neighbors, own.shape[0]))
-    if k <= 1:
-        return values.copy()
-    index = _KnnIndex(own, resolve_knn_method(knn_method, own.shape[0]), random_state)
-    _, idx = index.self_neighbors(k - 1)
-    return (values + values[idx].sum(axis=1)) / k
-
-
 @doc_params
 def transfer_labels(
     query: AnnData | MuData,
@@ -455,8 +423,6 @@ def transfer_labels(
     novelty: bool = True,
     novelty_quantile: float = 0.99,
     calibration: CalibrationMethod = "auto",
-    novelty_smoothing: str | None = None,
-    novelty_smoothing_neighbors: int = 30,
     batch_key: str | None = None,
     unknown_label: str = "Unknown",
     knn_method: KnnMethod = "auto",
@@ -489,19 +455,6 @@ def transfer_labels(
     is the threshold. This is a split-conformal test: a query cell like the reference exceeds
     it with probability about ``1 - novelty_quantile``, and its conformal p-value is written
     too. Cells above the threshold are called ``unknown_label``.
-
-    **Smoothed novelty** (``novelty_smoothing``): an absent type is a group of query cells, not
-    one, and a single cell's score is noisy. With ``novelty_smoothing='X_lsi'``, each query
-    cell's score is averaged with those of its ``novelty_smoothing_neighbors - 1`` nearest query
-    cells in the query's *own* embedding ``obsm['X_lsi']`` (e.g. :func:`chromtools.pp.lsi` run
-    on the query alone, which the reference's labels have not shaped), and each reference
-    cell's calibration score likewise over the reference's own ``obsm['X_lsi']``, so that the
-    threshold and p-values stay calibrated. On the Granja D5T1 → D6T1 choose split (type left
-    out of the reference, 2 seeds) this raised the AUROC of the novelty score from 0.87 to
-    0.96 for B cells and from 0.73 to 0.81 for GMPs; NK cells, which this reference places among
-    CD8 T cells no farther away than other query cells, stayed near 0.6 (a scratch analysis; the
-    mapping benchmark reports the report split). Neighbours of a small absent type also
-    include known cells, so it helps types of many cells most.
 
     Cells whose vote share is below ``threshold`` are also called ``unknown_label`` (default 0:
     never — ambiguity alone does not make a cell unknown). The computation is vectorised
@@ -566,14 +519,6 @@ def transfer_labels(
         the false-Unknown rate aimed at on cells of known types).
     calibration
         ``'auto'``, ``'leave-one-batch-out'`` or ``'leave-one-out'`` (see above).
-    novelty_smoothing
-        ``obsm`` key of each dataset's *own* embedding (present in both the query and the
-        reference, each computed on that dataset alone, e.g. ``ct.pp.lsi(query)`` and
-        ``ct.pp.lsi(reference)``): average the novelty scores of the query, and the calibration
-        scores of the reference, over each cell's nearest cells of the same dataset there (see
-        above). ``None`` (default): no smoothing. Needs the reference as an AnnData/MuData.
-    novelty_smoothing_neighbors
-        Cells averaged per cell (itself included) with ``novelty_smoothing``.
     batch_key
         Reference ``obs`` column of batches for leave-one-batch-out; default the batch column
         recorded by :func:`chromtools.tl.train_reference` (``uns[use_rep]['params']``) or the
@@ -658,9 +603,6 @@ def transfer_labels(
     if not 0.0 < novelty_quantile <= 1.0:
         msg = f"novelty_quantile must be in (0, 1], got {novelty_quantile}."
         raise ValueError(msg)
-    if int(novelty_smoothing_neighbors) < 1:
-        msg = f"novelty_smoothing_neighbors must be at least 1, got {novelty_smoothing_neighbors}."
-        raise ValueError(msg)
     if copy:
         from chromtools.tl._train_reference import _refuse_backed_copy
 
@@ -677,12 +619,6 @@ def transfer_labels(
         msg = (
             "An ensemble (use_rep=[several obsm keys]) needs the reference as an AnnData/MuData holding every "
             "key; a saved reference model stores one space."
-        )
-        raise TypeError(msg)
-    if novelty_smoothing is not None and novelty and not isinstance(reference, AnnData | MuData):
-        msg = (
-            "novelty_smoothing needs the reference as an AnnData/MuData holding its own embedding "
-            f"obsm['{novelty_smoothing}']; a saved reference model stores only its latent space."
         )
         raise TypeError(msg)
     target = query if isinstance(query, MuData) and reps[0] in query.obsm else get_modality(query, mod)
@@ -762,24 +698,6 @@ def transfer_labels(
     novelty_cols: dict[str, np.ndarray] = {}
     if scores:
         score, null = np.mean(scores, axis=0), np.mean(nulls, axis=0)  # nulls: one score per reference cell
-        if novelty_smoothing is not None:
-            owns = (
-                _own_embedding(query, novelty_smoothing, mod, "query"),
-                _own_embedding(reference, novelty_smoothing, mod, "reference"),
-            )
-            for own, values, what in zip(owns, (score, null), ("query", "reference"), strict=True):
-                if own.shape[0] != values.shape[0]:
-                    msg = (
-                        f"The {what}'s obsm['{novelty_smoothing}'] has {own.shape[0]} rows for {values.shape[0]} "
-                        "cells; compute it on the same cells."
-                    )
-                    raise ValueError(msg)
-            score, null = (
-                smooth_over_own_neighbors(
-                    v, own, novelty_smoothing_neighbors, knn_method=knn_method, random_state=random_state
-                )
-                for v, own in zip((score, null), owns, strict=True)
-            )
         cutoff = max(float(np.quantile(null, novelty_quantile, method="higher")), 1e-12)
         null_sorted = np.sort(null)
         n_ge = null.size - np.searchsorted(null_sorted, score, side="left")
@@ -832,8 +750,6 @@ def transfer_labels(
             "novelty": bool(novelty),
             "novelty_quantile": float(novelty_quantile),
             "calibration": calibration,
-            "novelty_smoothing": novelty_smoothing,
-            "novelty_smoothing_neighbors": int(novelty_smoothing_neighbors),
             "batch_key": batch_key,
             "unknown_label": unknown_label,
             "knn_method": knn_method,
