@@ -41,8 +41,13 @@ def machine() -> dict:
     }
 
 
-def git_commit(dirty_paths: tuple[str, ...] = ("src", "benchmarks"), root: Path = ROOT) -> str:
-    """The commit checked out in ``root`` (empty outside a git checkout), with ``-dirty`` when ``dirty_paths`` have uncommitted changes."""
+def git_commit(
+    dirty_paths: tuple[str, ...] = ("src", "benchmarks", ":(exclude)benchmarks/results"), root: Path = ROOT
+) -> str:
+    """The commit checked out in ``root`` (empty outside a git checkout), with ``-dirty`` when ``dirty_paths`` have uncommitted changes.
+
+    Results files are not code: one benchmark's fresh results do not make the next one's commit dirty.
+    """
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=False)
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no", *dirty_paths],
