@@ -495,7 +495,7 @@ def transfer_labels(
         prior; ``'reference'``: the vote shares as cast, whose prior is the reference's
         composition (right when the query is known to have that composition). On the Granja
         D5T1 → D6T1 choose split, whose donors differ in composition, ``'balanced'`` raised a
-        single PeakSCANVI's accuracy from 0.585 to 0.622 and macro-F1 from 0.458 to 0.523
+        single PeakSCANVI's accuracy from 0.579 to 0.617 and macro-F1 from 0.461 to 0.520
         (3 seeds, ``benchmarks/results/label_prior.json``), which made it the default. It
         trades cells of common types for rare ones: ``benchmarks/mapping.py`` records both
         priors for every method on the report split (README, "Reference mapping").
