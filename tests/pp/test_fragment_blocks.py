@@ -122,3 +122,23 @@ def test_streamed_file_equals_one_pandas_read(tmp_path):
     streamed = pd.concat([c.astype({"chrom": str, "barcode": str}) for c in chunks], ignore_index=True)
     whole = _read_csv_block(text.encode()).astype({"chrom": str, "barcode": str})
     pd.testing.assert_frame_equal(streamed, whole)
+
+
+def test_multi_member_gzip_and_damaged_files(tmp_path):
+    # BGZF is a series of gzip members; ISA-L must read them all, and say when a file is damaged
+    rng = np.random.default_rng(4)
+    text = _lines(rng, 6_000)
+    cut = text.index("\n", len(text) // 2) + 1
+    path = tmp_path / "members.tsv.gz"
+    path.write_bytes(gzip.compress(text[:cut].encode()) + gzip.compress(text[cut:].encode()))
+    streamed = pd.concat(list(fragment_chunks(path, chunksize=500, n_jobs=2)), ignore_index=True)
+    assert len(streamed) == 6_000
+    _same(streamed.astype({"chrom": "category", "barcode": "category"}), _read_csv_block(text.encode()))
+    raw = gzip.compress(text.encode())
+    peaks = pd.DataFrame({"chrom": ["chr1"], "start": [0], "end": [10**9]})
+    damaged = {"truncated": raw[: len(raw) // 2], "corrupt": raw[:20] + bytes(200) + raw[220:]}
+    for name, data in damaged.items():
+        bad = tmp_path / f"{name}.tsv.gz"
+        bad.write_bytes(data)
+        with pytest.raises(ValueError, match="corrupt or truncated"):
+            ct.pp.peak_matrix(bad, peaks)
