@@ -130,6 +130,34 @@ def test_bad_inputs(frag_adata, tmp_path):
         ct.io.fragments_path(b)
 
 
+def test_isal_reader_handles_bgzf_members_and_damage(frag_adata, tmp_path):
+    # the reader decompresses with ISA-L: BGZF-style multi-member files read whole, and both kinds
+    # of damage (a truncated file: EOFError; a damaged deflate stream: ISA-L's own error) name the file
+    a, rows = frag_adata
+    text = "# id=test\n" + "".join("\t".join(map(str, r)) + "\n" for r in rows)
+    cut = text.index("\n", len(text) // 2) + 1
+    members = tmp_path / "members.tsv.gz"
+    members.write_bytes(gzip.compress(text[:cut].encode()) + gzip.compress(text[cut:].encode()))
+    df = ct.io.read_fragments(members)
+    assert len(df) == len(rows)
+    assert df["start"].tolist() == [r[1] for r in rows] and df["barcode"].tolist() == [r[3] for r in rows]
+    plain = tmp_path / "plain.tsv"
+    plain.write_text(text)
+    pd.testing.assert_frame_equal(ct.io.read_fragments(plain), df)
+    raw = gzip.compress(text.encode())
+    mid = len(raw) // 2
+    damaged = {  # damage in the first line is met by the header scan, later damage by the chunked reader
+        "truncated": raw[:mid],
+        "corrupt_start": raw[:20] + bytes(200) + raw[220:],
+        "corrupt_middle": raw[:mid] + bytes(200) + raw[mid + 200 :],
+    }
+    for name, data in damaged.items():
+        bad = tmp_path / f"{name}.tsv.gz"
+        bad.write_bytes(data)
+        with pytest.raises(ValueError, match=f"{name}.tsv.gz' is corrupt or truncated"):
+            ct.io.read_fragments(bad)
+
+
 def test_corrupt_and_empty_fragments(frag_adata, tmp_path, leftovers):
     a, rows = frag_adata
     good = a.uns["files"]["fragments"]

@@ -10,10 +10,11 @@ import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import numpy as np
 import pandas as pd
+from isal import igzip, isal_zlib
 
 from chromtools._utils import PathLike, get_modality
 
@@ -27,6 +28,15 @@ FRAGMENT_COLUMNS = ["chrom", "start", "end", "barcode", "count"]
 _REGION = re.compile(r"^(?P<chrom>[^:\s]+)(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?$")
 
 Region = str | tuple[str, int, int]
+
+#: What a damaged or truncated gzip file raises: ISA-L (``isal.igzip``, which decompresses gzip/BGZF
+#: about three times faster than zlib) raises its own error class on a damaged deflate stream.
+_DAMAGED = (EOFError, zlib.error, cast("type[Exception]", isal_zlib.error), gzip.BadGzipFile, UnicodeDecodeError)
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
 
 
 def fragments_path(data: AnnData | MuData, *, mod: str | None = None) -> Path:
@@ -78,7 +88,7 @@ def parse_region(region: Region) -> tuple[str, int | None, int | None]:
 
 def _n_header_lines(path: Path) -> tuple[int, int]:
     """Number of leading '#' lines and the number of columns of the first data line."""
-    opener = gzip.open if open(path, "rb").read(2) == b"\x1f\x8b" else open
+    opener = igzip.open if _is_gzip(path) else open
     n = 0
     try:
         with opener(path, "rt") as fh:
@@ -90,8 +100,14 @@ def _n_header_lines(path: Path) -> tuple[int, int]:
                     msg = f"Fragments file '{path}' has an empty line at line {n + 1}; remove it."
                     raise ValueError(msg)
                 return n, len(line.rstrip("\n").split("\t"))
-    except (OSError, EOFError, zlib.error) as err:
-        msg = f"Fragments file '{path}' could not be read ({err}); it may be corrupt, re-create it with bgzip."
+    except _DAMAGED as err:
+        msg = (
+            f"Fragments file '{path}' is corrupt or truncated ({err}); download it again, or re-compress it "
+            "with `bgzip`."
+        )
+        raise ValueError(msg) from None
+    except OSError as err:
+        msg = f"Fragments file '{path}' could not be read ({err})."
         raise ValueError(msg) from None
     msg = f"Fragments file '{path}' contains no fragments."
     raise ValueError(msg)
@@ -154,8 +170,14 @@ def _read_csv_chunks(path: Path, n_header: int, n_cols: int, chunksize: int) -> 
     names = FRAGMENT_COLUMNS[: min(n_cols, 5)]
     line = n_header + 1
     try:
+        # pandas would decompress with zlib; an ISA-L stream reads the same bytes about 3x faster.
+        source = igzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")
+    except OSError as err:
+        msg = f"Fragments file '{path}' could not be opened ({err})."
+        raise ValueError(msg) from None
+    try:
         reader = pd.read_csv(
-            path,
+            source,
             sep="\t",
             header=None,
             names=names,
@@ -176,7 +198,7 @@ def _read_csv_chunks(path: Path, n_header: int, n_cols: int, chunksize: int) -> 
                 chunk["count"] = 1
             line += len(chunk)
             yield chunk.reset_index(drop=True)
-    except (EOFError, zlib.error, gzip.BadGzipFile, UnicodeDecodeError) as err:
+    except _DAMAGED as err:
         msg = (
             f"Fragments file '{path}' is corrupt or truncated near line {line} ({err}); download it again, or "
             "re-compress it with `bgzip` and index it with `tabix -p bed`."
@@ -185,6 +207,8 @@ def _read_csv_chunks(path: Path, n_header: int, n_cols: int, chunksize: int) -> 
     except pd.errors.ParserError as err:
         msg = f"Fragments file '{path}' could not be parsed near line {line}: {err}"
         raise ValueError(msg) from None
+    finally:
+        source.close()
 
 
 def _tabix_fetch(path: Path, chrom: str, start: int | None, end: int | None) -> pd.DataFrame:
