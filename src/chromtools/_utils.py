@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import logging
 import os
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, cast
 
 import numpy as np
+from isal import igzip, isal_zlib
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -20,6 +23,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
+
+#: What reading a damaged or truncated gzip/BGZF file raises. ISA-L (``isal.igzip``) raises the
+#: standard library's ``EOFError`` on a truncated file and ``BadGzipFile`` on a bad header, but its
+#: own error class on a damaged deflate stream (its stubs type that class as an instance).
+GZIP_DAMAGE_ERRORS: tuple[type[Exception], ...] = (
+    EOFError,
+    zlib.error,
+    cast("type[Exception]", isal_zlib.error),
+    gzip.BadGzipFile,
+    UnicodeDecodeError,
+)
+
+
+def open_maybe_gzip(path: PathLike) -> IO[bytes]:
+    """Open a file for reading bytes, decompressing gzip/BGZF (told by its magic bytes) with ISA-L.
+
+    ISA-L reads the same multi-member streams as :mod:`gzip`, about three times as fast.
+    """
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return cast("IO[bytes]", igzip.open(path, "rb")) if magic == b"\x1f\x8b" else open(path, "rb")
 
 
 @contextlib.contextmanager

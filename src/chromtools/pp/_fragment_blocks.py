@@ -5,7 +5,8 @@ times as fast as the standard library's zlib on the PBMC fragments (0.021 agains
 seconds for 16.6 MB of text). It reads the same multi-member streams and raises the same
 ``EOFError`` on a truncated file and ``BadGzipFile`` on a bad header, but its own error class
 (``isal_zlib.error``, not ``zlib.error``) on a damaged deflate stream; all of them become one
-"corrupt or truncated" ``ValueError``.
+"corrupt or truncated" ``ValueError``. The opener and that error tuple live in
+``chromtools._utils`` (``open_maybe_gzip``, ``GZIP_DAMAGE_ERRORS``), shared with ``ct.io.read_fragments``.
 
 :func:`fragment_chunks` yields DataFrames with ``chrom`` and ``barcode`` as categoricals and
 ``start``/``end`` as int64. Regular blocks (every line ``chrom<TAB>start<TAB>end<TAB>barcode[...]``
@@ -17,37 +18,30 @@ parser, which also words the errors. Both give the same table; the tests compare
 
 from __future__ import annotations
 
-import gzip
 import io
 import queue
 import threading
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import pandas as pd
-from isal import igzip, isal_zlib
 from numpy.lib.stride_tricks import sliding_window_view
+
+from chromtools._utils import GZIP_DAMAGE_ERRORS, open_maybe_gzip
 
 #: Decompressed bytes per parsed block (about 90,000 fragments): small enough for threads to overlap.
 BLOCK_BYTES = 4 << 20
 #: Longest integer field the tokenizer reads (int64 holds 18 decimal digits).
 _MAX_DIGITS = 18
 _NEWLINE, _TAB, _CR, _HASH, _ZERO = 10, 9, 13, 35, 48
-#: What a damaged or truncated gzip file raises (ISA-L's stubs type its error class as an instance).
-_DAMAGED = (EOFError, zlib.error, cast("type[Exception]", isal_zlib.error), gzip.BadGzipFile, UnicodeDecodeError)
 
 
 def _text_blocks(path: Path, block_bytes: int):
     """Decompressed text of the file in blocks that end at a line end."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    opener = igzip.open if magic == b"\x1f\x8b" else open
     rest = b""
-    with opener(path, "rb") as fh:
+    with open_maybe_gzip(path) as fh:
         while True:
             data = fh.read(block_bytes)
             if not data:
@@ -238,7 +232,7 @@ def fragment_chunks(path: Path, chunksize: int, n_jobs: int):
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
-    except _DAMAGED as err:
+    except GZIP_DAMAGE_ERRORS as err:
         msg = f"Fragments file '{path}' is corrupt or truncated ({err}); re-create it with `bgzip`."
         raise ValueError(msg) from None
     except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
