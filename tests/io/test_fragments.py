@@ -144,12 +144,20 @@ def test_isal_reader_handles_bgzf_members_and_damage(frag_adata, tmp_path):
     plain = tmp_path / "plain.tsv"
     plain.write_text(text)
     pd.testing.assert_frame_equal(ct.io.read_fragments(plain), df)
-    raw = gzip.compress(text.encode())
+    # a file of about 320 kB compressed: the header scan decompresses only its first part, so damage in
+    # the middle is met by the chunked reader (0xFF bytes make ISA-L raise its own error there; zeros
+    # would decode and fail the CRC check instead), damage at the start by the header scan
+    rng = np.random.default_rng(2)
+    starts = np.sort(rng.integers(0, 10_000_000, 40_000))
+    ends = starts + rng.integers(50, 400, starts.size)
+    cells = rng.integers(0, 40, starts.size)
+    big = "# id=test\n" + "".join(f"chr1\t{s}\t{e}\tbc{c}\t1\n" for s, e, c in zip(starts, ends, cells, strict=True))
+    raw = gzip.compress(big.encode())
     mid = len(raw) // 2
-    damaged = {  # damage in the first line is met by the header scan, later damage by the chunked reader
+    damaged = {
         "truncated": raw[:mid],
         "corrupt_start": raw[:20] + bytes(200) + raw[220:],
-        "corrupt_middle": raw[:mid] + bytes(200) + raw[mid + 200 :],
+        "corrupt_middle": raw[:mid] + b"\xff" * 200 + raw[mid + 200 :],
     }
     for name, data in damaged.items():
         bad = tmp_path / f"{name}.tsv.gz"
