@@ -1,4 +1,4 @@
-"""The numpy tokenizer of fragment blocks gives pandas' table, and hands irregular blocks to pandas."""
+"""The compiled tokenizer of fragment blocks gives pandas' table, and hands irregular blocks to pandas."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 import chromtools as ct
 from chromtools.pp._fragment_blocks import (
-    _exact_word_codes,
+    KnownBarcodes,
     _read_csv_block,
     _tokenize,
     fragment_chunks,
@@ -67,10 +67,36 @@ def test_barcodes_sharing_a_key_prefix_stay_apart():
     _same(fast, _read_csv_block(block))
 
 
-def test_exact_word_codes_the_collision_fallback():
-    # the path taken when two strings share a 64-bit key: codes from the words themselves
-    words = np.array([[1, 2], [1, 3], [1, 2], [4, 2], [1, 3]], np.uint64)
-    np.testing.assert_array_equal(_exact_word_codes(words), [0, 1, 0, 2, 1])
+def test_many_barcodes_sharing_hash_slots_stay_apart():
+    # 20,000 barcodes in a table of 65,536 slots: many share a slot and are told apart by their bytes
+    rng = np.random.default_rng(5)
+    names = [f"{'ACGT' * 4}-{i}" for i in range(20_000)]
+    picks = rng.choice(names, 60_000)
+    block = "".join(f"chr1\t{i}\t{i + 10}\t{b}\n" for i, b in enumerate(picks)).encode()
+    fast = _tokenize(block)
+    assert fast is not None
+    assert fast["barcode"].cat.categories.size == len(set(picks))
+    _same(fast, _read_csv_block(block))
+
+
+@pytest.mark.parametrize("irregular", [False, True])
+def test_known_barcodes_are_coded_by_their_position(irregular):
+    # the cells to count: some absent from the block; the block also has barcodes that are not cells
+    rng = np.random.default_rng(6)
+    text = _lines(rng, 3000)
+    if irregular:  # a comment inside the block sends it to pandas, which must give the same codes
+        text = text.replace("\n", "\n# comment\n", 1)
+    block = text.encode()
+    cells = pd.Index([f"{'ACGT' * 4}-{i}" for i in range(0, 40, 2)] + ["A", "not_in_file"])
+    table = parse_block(block, KnownBarcodes(cells))
+    assert (_tokenize(block, KnownBarcodes(cells)) is None) == irregular
+    assert list(table["barcode"].cat.categories) == list(cells)
+    expected = cells.get_indexer(_read_csv_block(block)["barcode"].astype(str))
+    np.testing.assert_array_equal(table["barcode"].cat.codes.to_numpy(), expected)
+    assert (expected == -1).any() and (expected >= 0).any()
+    slow = _read_csv_block(block)
+    for col in ("chrom", "start", "end"):
+        np.testing.assert_array_equal(table[col].astype(str).to_numpy(), slow[col].astype(str).to_numpy())
 
 
 def test_header_lines_are_skipped():

@@ -1,4 +1,4 @@
-"""Stream a fragments file as parsed blocks: decompression in a thread, a vectorised tokenizer.
+"""Stream a fragments file as parsed blocks: decompression in a thread, a compiled tokenizer.
 
 Gzip/BGZF input is decompressed with ISA-L (``isal.igzip``, the ``isal`` package), about three
 times as fast as the standard library's zlib on the PBMC fragments (0.021 against 0.066 CPU
@@ -10,10 +10,14 @@ seconds for 16.6 MB of text). It reads the same multi-member streams and raises 
 
 :func:`fragment_chunks` yields DataFrames with ``chrom`` and ``barcode`` as categoricals and
 ``start``/``end`` as int64. Regular blocks (every line ``chrom<TAB>start<TAB>end<TAB>barcode[...]``
-with the same number of columns) are tokenized with numpy: field boundaries from the positions of
-tabs and newlines, integers from their digits, strings factorised on their bytes. Anything else
-(comment lines inside the file, carriage returns, signs, ragged rows) goes through pandas' C
-parser, which also words the errors. Both give the same table; the tests compare them.
+with the same number of columns) are tokenized by one numba-compiled pass over their bytes that
+releases the GIL, so blocks are parsed in parallel threads: integers from their digits,
+chromosomes and barcodes coded by byte-for-byte comparison through a hash table. When the cells to
+count are known, barcodes are looked up among them directly (codes are the cells' positions, -1 for
+other barcodes) and no per-block names are built. Anything else (comment lines inside the file,
+carriage returns, signs, ragged rows) goes through pandas' C parser, which also words the errors.
+Both give the same table; the tests compare them. The kernel is compiled on the first call after
+installation and cached on disk (``numba``'s ``cache=True``); later processes load it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from numpy.lib.stride_tricks import sliding_window_view
+from numba import njit
 
 from chromtools._utils import GZIP_DAMAGE_ERRORS, open_maybe_gzip
 
@@ -35,7 +39,7 @@ from chromtools._utils import GZIP_DAMAGE_ERRORS, open_maybe_gzip
 BLOCK_BYTES = 4 << 20
 #: Longest integer field the tokenizer reads (int64 holds 18 decimal digits).
 _MAX_DIGITS = 18
-_NEWLINE, _TAB, _CR, _HASH, _ZERO = 10, 9, 13, 35, 48
+_NEWLINE, _HASH = 10, 35
 
 
 def _text_blocks(path: Path, block_bytes: int):
@@ -83,81 +87,205 @@ def _prefetch(iterator, depth: int = 2):
 
 
 # ----------------------------------------------------------------------------------------------
-# tokenizer
+# tokenizer: one compiled pass over a block's bytes
 # ----------------------------------------------------------------------------------------------
-def _field_bytes(a: np.ndarray, start: np.ndarray, length: np.ndarray, width: int) -> np.ndarray:
-    """(n, width) bytes of each field, zero past its end (rows copied from a sliding window view)."""
-    if start.max() + width > a.size:  # the window of the last field must not run off the block
-        a = np.concatenate([a, np.zeros(width, np.uint8)])
-    out = sliding_window_view(a, width)[start]
-    if length.min() < width:
-        out[np.arange(width)[None, :] >= length[:, None]] = 0
-    return out
+@njit(nogil=True, cache=True)
+def _same_bytes(a, s1, e1, b, s2, e2):  # pragma: no cover - compiled; exercised by the tests
+    if e1 - s1 != e2 - s2:
+        return False
+    for k in range(e1 - s1):
+        if a[s1 + k] != b[s2 + k]:
+            return False
+    return True
 
 
-def _uint_field(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray | None:
-    """Unsigned decimal integers in ``a[start:end]``; None if any field is empty, too long or not digits."""
-    length = end - start
-    if length.min() < 1 or length.max() > _MAX_DIGITS:
-        return None
-    value = np.zeros(start.size, np.int64)
-    scale = 1
-    for j in range(int(length.max())):  # j-th digit from the right; end - 1 - j >= 0 as end > j
-        inside = length > j
-        digit = a[end - 1 - j] - np.uint8(_ZERO)  # wraps around below '0': anything > 9 is not a digit
-        if ((digit > 9) & inside).any():
-            return None
-        digit[~inside] = 0
-        value += digit * np.int64(scale)
-        scale *= 10
-    return value
+@njit(nogil=True, cache=True)
+def _slot(a, s, e, mask):  # pragma: no cover - compiled
+    """Hash-table slot of the bytes ``a[s:e]`` (FNV-1a, upper bits folded in)."""
+    h = np.uint64(14695981039346656037)
+    for k in range(s, e):
+        h = (h ^ np.uint64(a[k])) * np.uint64(1099511628211)
+    h ^= h >> np.uint64(29)
+    return np.int64(h & np.uint64(mask))
 
 
-def _factorize_field(a: np.ndarray, start: np.ndarray, end: np.ndarray) -> pd.Categorical:
-    """The byte strings ``a[start:end]`` as a categorical (categories in order of first appearance).
+@njit(nogil=True, cache=True)
+def _barcode_table(names, offsets):  # pragma: no cover - compiled
+    """Open-addressing table (slot -> index in ``offsets``) of the known barcodes' bytes."""
+    n = offsets.size - 1
+    size = 2
+    while size < 2 * n:
+        size *= 2
+    table = np.full(size, -1, np.int64)
+    for i in range(n):
+        slot = _slot(names, offsets[i], offsets[i + 1], size - 1)
+        while table[slot] >= 0:
+            slot = (slot + 1) & (size - 1)
+        table[slot] = i
+    return table
 
-    The zero-padded bytes are read as 8-byte words and mixed into one 64-bit key per field, which
-    is factorised once; then every field is compared byte for byte with its code's first field, and
-    on a collision (two strings, one key) the words' codes are combined exactly instead.
+
+@njit(nogil=True, cache=True)
+def _scan(a, names, offsets, table):  # pragma: no cover - compiled
+    """Parse ``chrom<TAB>start<TAB>end<TAB>barcode[<TAB>...]`` lines of ``a`` (ending in a newline).
+
+    Returns ``n_tabs`` (tabs per line; -1 when the block is not regular and needs pandas), start,
+    end, chromosome codes and the (start, end) byte positions of each chromosome's first name,
+    barcode codes and, when no known barcodes are given (``table`` empty), the positions of each
+    barcode's first occurrence. With a table, a barcode's code is its index among the known ones
+    (-1 when it is not one of them). Codes are numbered in order of first appearance; strings are
+    compared byte for byte, so codes are exact whatever the hashes do.
     """
-    length = end - start
-    width = int(length.max())
-    n_words = -(-width // 8)
-    mat = np.zeros((start.size, 8 * n_words), np.uint8)
-    mat[:, :width] = _field_bytes(a, start, length, width)
-    words = mat.view(np.uint64)
-    key = words[:, 0].copy()
-    for w in range(1, n_words):
-        key *= np.uint64(0x9E3779B97F4A7C15)  # odd multiplier: a bijection, then the next word mixed in
-        key ^= words[:, w]
-        key ^= key >> np.uint64(29)
-    codes, _ = pd.factorize(key)
-    first = _first_rows(codes)
-    if n_words > 1 and not (words == words[first[codes]]).all():
-        codes = _exact_word_codes(words)
-        first = _first_rows(codes)
-    names = [b.decode() for b in mat[first, :width].copy().view(f"S{width}").ravel().tolist()]
-    return pd.Categorical.from_codes(codes, categories=pd.Index(names, dtype=object), validate=False)
+    n = 0
+    for x in a:
+        if x == 10:
+            n += 1
+    start = np.empty(n, np.int64)
+    end = np.empty(n, np.int64)
+    chrom = np.empty(n, np.int64)
+    code = np.empty(n, np.int64)
+    chrom_pos = np.empty((16, 2), np.int64)
+    fail = (-1, start, end, chrom, chrom_pos[:0], code, chrom_pos[:0])
+    known = table.size > 0
+    if known:
+        bc_pos = np.empty((0, 2), np.int64)
+        seen = table
+    else:
+        bc_pos = np.empty((n, 2), np.int64)
+        size = 2
+        while size < 2 * n:
+            size *= 2
+        seen = np.full(size, -1, np.int64)
+    mask = seen.size - 1
+    n_chrom = 0
+    n_bc = 0
+    n_tabs = -1
+    pos = 0
+    prev_s = -1
+    prev_e = -1
+    prev_code = -1
+    for i in range(n):
+        # chromosome: compared with the previous line's first (files are sorted), then with the list
+        line = pos
+        c = a[pos]
+        if c == 35:  # a comment inside the block
+            return fail
+        while c != 9:
+            if c == 10 or c == 13 or c == 0:
+                return fail
+            pos += 1
+            c = a[pos]
+        if pos == line:
+            return fail
+        if prev_code < 0 or not _same_bytes(a, line, pos, a, prev_s, prev_e):
+            prev_code = -1
+            for k in range(n_chrom):
+                if _same_bytes(a, line, pos, a, chrom_pos[k, 0], chrom_pos[k, 1]):
+                    prev_code = k
+                    break
+            if prev_code < 0:
+                if n_chrom == chrom_pos.shape[0]:
+                    grown = np.empty((2 * n_chrom, 2), np.int64)
+                    grown[:n_chrom] = chrom_pos
+                    chrom_pos = grown
+                chrom_pos[n_chrom, 0] = line
+                chrom_pos[n_chrom, 1] = pos
+                prev_code = n_chrom
+                n_chrom += 1
+            prev_s = line
+            prev_e = pos
+        chrom[i] = prev_code
+        # start and end: unsigned decimal integers of 1 to _MAX_DIGITS digits
+        for field in range(2):
+            pos += 1
+            first = pos
+            value = 0
+            c = a[pos]
+            while c != 9:
+                digit = np.int64(c) - 48
+                if digit < 0 or digit > 9:
+                    return fail
+                value = value * 10 + digit
+                pos += 1
+                c = a[pos]
+            if pos == first or pos - first > _MAX_DIGITS:
+                return fail
+            if field == 0:
+                start[i] = value
+            else:
+                end[i] = value
+        # barcode
+        pos += 1
+        first = pos
+        c = a[pos]
+        while c != 9 and c != 10:
+            if c == 13 or c == 0:
+                return fail
+            pos += 1
+            c = a[pos]
+        if pos == first:
+            return fail
+        slot = _slot(a, first, pos, mask)
+        while True:
+            k = seen[slot]
+            if k < 0:
+                if known:
+                    code[i] = -1
+                else:
+                    bc_pos[n_bc, 0] = first
+                    bc_pos[n_bc, 1] = pos
+                    seen[slot] = n_bc
+                    code[i] = n_bc
+                    n_bc += 1
+                break
+            if known:
+                if _same_bytes(a, first, pos, names, offsets[k], offsets[k + 1]):
+                    code[i] = k
+                    break
+            elif _same_bytes(a, first, pos, a, bc_pos[k, 0], bc_pos[k, 1]):
+                code[i] = k
+                break
+            slot = (slot + 1) & mask
+        # the rest of the line: every line must have as many columns as the first
+        tabs = 3
+        while c != 10:
+            if c == 9:
+                tabs += 1
+            elif c == 13 or c == 0:
+                return fail
+            pos += 1
+            c = a[pos]
+        if n_tabs < 0:
+            n_tabs = tabs
+        elif tabs != n_tabs:
+            return fail
+        pos += 1
+    return n_tabs, start, end, chrom, chrom_pos[:n_chrom], code, bc_pos[:n_bc]
 
 
-def _first_rows(codes: np.ndarray) -> np.ndarray:
-    """The first row of each code (codes numbered in order of first appearance)."""
-    first = np.empty(int(codes.max()) + 1, np.int64)
-    first[codes[::-1]] = np.arange(codes.size - 1, -1, -1)
-    return first
+class KnownBarcodes:
+    """The cells to count, as bytes and a hash table the compiled tokenizer looks barcodes up in."""
+
+    def __init__(self, barcodes: pd.Index):
+        encoded = [str(b).encode() for b in barcodes]
+        self.dtype = pd.CategoricalDtype(pd.Index(barcodes, dtype=object))
+        self.names = np.frombuffer(b"".join(encoded), np.uint8)  # read-only, like a block: one compiled signature
+        self.offsets = np.zeros(len(encoded) + 1, np.int64)
+        np.cumsum([len(e) for e in encoded], out=self.offsets[1:])
+        self.table = _barcode_table(self.names, self.offsets)
 
 
-def _exact_word_codes(words: np.ndarray) -> np.ndarray:
-    """Codes of the rows of ``words`` (n, n_words), combining each word's codes exactly (no hashing)."""
-    codes, _ = pd.factorize(words[:, 0])
-    for w in range(1, words.shape[1]):
-        word_codes, uniques = pd.factorize(words[:, w])
-        codes, _ = pd.factorize(codes.astype(np.int64) * (len(uniques) + 1) + word_codes)
-    return codes
+_NO_TABLE = np.zeros(0, np.int64)
+_NO_NAMES = np.frombuffer(b"", np.uint8)
+_NO_OFFSETS = np.zeros(1, np.int64)
 
 
-def _tokenize(block: bytes) -> pd.DataFrame | None:
-    """Parse a regular block with numpy; None when the block needs pandas' general parser."""
+def _names(block: bytes, positions: np.ndarray) -> pd.Index:
+    return pd.Index([block[s:e].decode() for s, e in positions.tolist()], dtype=object)
+
+
+def _tokenize(block: bytes, known: KnownBarcodes | None = None) -> pd.DataFrame | None:
+    """Parse a regular block in one compiled pass; None when the block needs pandas' general parser."""
     a = np.frombuffer(block, np.uint8)
     if a.size == 0 or a[-1] != _NEWLINE:
         return None
@@ -165,37 +293,23 @@ def _tokenize(block: bytes) -> pd.DataFrame | None:
         body = 0
         while body < a.size and a[body] == _HASH:
             body = block.index(b"\n", body) + 1
-        return _tokenize(block[body:]) if body < a.size else None
-    newlines = np.flatnonzero(a == _NEWLINE)
-    tab_positions = np.flatnonzero(a == _TAB)
-    n = newlines.size
-    n_tabs = tab_positions.size // n
-    if n_tabs < 3 or tab_positions.size != n_tabs * n:
-        return None
-    tabs = tab_positions.reshape(n, n_tabs)
-    line_start = np.empty(n, np.int64)
-    line_start[0] = 0
-    line_start[1:] = newlines[:-1] + 1
-    # Tabs are in file order; with n_tabs per line in total, every line has exactly n_tabs when
-    # each row's first tab is after its line start and its last tab before its newline.
-    if not ((tabs[:, 0] > line_start).all() and (tabs[:, -1] < newlines).all()):
-        return None
-    barcode_start = tabs[:, 2] + 1
-    barcode_end = tabs[:, 3] if n_tabs > 3 else newlines
-    if (barcode_end <= barcode_start).any() or (a[barcode_end - 1] == _CR).any() or (a == 0).any():
-        return None
-    if (a[line_start] == _HASH).any():
-        return None
-    start = _uint_field(a, tabs[:, 0] + 1, tabs[:, 1])
-    end = _uint_field(a, tabs[:, 1] + 1, tabs[:, 2])
-    if start is None or end is None:
+        return _tokenize(block[body:], known) if body < a.size else None
+    if known is None:
+        n_tabs, start, end, chrom, chrom_pos, code, bc_pos = _scan(a, _NO_NAMES, _NO_OFFSETS, _NO_TABLE)
+    else:
+        n_tabs, start, end, chrom, chrom_pos, code, bc_pos = _scan(a, known.names, known.offsets, known.table)
+    if n_tabs < 3:
         return None
     try:
-        chrom = _factorize_field(a, line_start, tabs[:, 0])
-        barcode = _factorize_field(a, barcode_start, barcode_end)
+        chroms = _names(block, chrom_pos)
+        if known is None:
+            barcode = pd.Categorical.from_codes(code, categories=_names(block, bc_pos), validate=False)
+        else:
+            barcode = pd.Categorical.from_codes(code, dtype=known.dtype, validate=False)
     except UnicodeDecodeError:
         return None
-    return pd.DataFrame({"chrom": chrom, "start": start, "end": end, "barcode": barcode})
+    chrom_cat = pd.Categorical.from_codes(chrom, categories=chroms, validate=False)
+    return pd.DataFrame({"chrom": chrom_cat, "start": start, "end": end, "barcode": barcode})
 
 
 def _read_csv_block(block: bytes) -> pd.DataFrame:
@@ -211,23 +325,34 @@ def _read_csv_block(block: bytes) -> pd.DataFrame:
     )
 
 
-def parse_block(block: bytes) -> pd.DataFrame:
-    """One block of fragment lines as (chrom, start, end, barcode); numpy tokenizer, else pandas."""
-    table = _tokenize(block)
-    return table if table is not None else _read_csv_block(block)
+def parse_block(block: bytes, known: KnownBarcodes | None = None) -> pd.DataFrame:
+    """One block of fragment lines as (chrom, start, end, barcode); compiled tokenizer, else pandas.
+
+    With ``known`` cells, ``barcode`` has exactly their categories (other barcodes are missing).
+    """
+    table = _tokenize(block, known)
+    if table is not None:
+        return table
+    table = _read_csv_block(block)
+    if known is not None:
+        table["barcode"] = pd.Categorical(table["barcode"].astype(str), dtype=known.dtype)
+    return table
 
 
-def fragment_chunks(path: Path, chunksize: int, n_jobs: int):
+def fragment_chunks(path: Path, chunksize: int, n_jobs: int, barcodes: pd.Index | None = None):
     """Stream (chrom, start, end, barcode) chunks; chrom and barcode as categoricals (fast to map).
 
     Decompression runs in a background thread and up to ``n_jobs`` blocks are parsed at once
-    (ISA-L and most numpy work release the GIL); at most ``n_jobs + 2`` blocks are held.
+    (ISA-L and the compiled tokenizer release the GIL); at most ``n_jobs + 2`` blocks are held.
+    With ``barcodes`` (unique), every chunk's ``barcode`` categories are exactly those barcodes, so
+    its codes are their positions (-1 for fragments of other barcodes).
     """
+    known = KnownBarcodes(barcodes) if barcodes is not None else None
     try:
         with ThreadPoolExecutor(max_workers=max(n_jobs, 1)) as pool:
             pending: deque = deque()
             for block in _prefetch(_text_blocks(path, min(max(chunksize, 1) * 48, BLOCK_BYTES))):
-                pending.append(pool.submit(parse_block, block))
+                pending.append(pool.submit(parse_block, block, known))
                 if len(pending) >= max(n_jobs, 1):
                     yield pending.popleft().result()
             while pending:

@@ -258,9 +258,13 @@ def peak_matrix(
     count a query's fragments in a reference model's peaks (``peaks=reference_adata``) before
     :func:`chromtools.tl.map_query`. The fragments file is streamed in chunks of ``chunksize``
     rows (memory is bounded by one chunk plus the sparse result, not by the file), lines are
-    tokenised with numpy (pandas' parser takes blocks that are not regular tab-separated lines),
-    and every chunk is answered by one vectorised ``searchsorted`` over all peaks; nested or
-    overlapping peaks are handled.
+    tokenised by a numba-compiled pass that runs in parallel threads and looks each barcode up
+    among the cells directly (pandas' parser takes blocks that are not regular tab-separated
+    lines), and every chunk is answered by one vectorised ``searchsorted`` over all peaks; nested
+    or overlapping peaks are handled. The tokenizer is compiled on the first call after
+    installation (10-12 s on 2 cores) and loaded from numba's on-disk cache afterwards: on the
+    PBMC test fragments a new process's first call took about 1.5 s (1.2 s before the compiled
+    tokenizer) and later calls 0.12 s.
 
     Counting rules (0-based half-open fragments, as in 10x ``fragments.tsv.gz``):
 
@@ -350,18 +354,18 @@ def peak_matrix(
     n_read = 0
     t0, c0 = time.perf_counter(), time.process_time()
     n_jobs = int(n_jobs or min(2, os.cpu_count() or 1))
-    for chunk in fragment_chunks(path, chunksize, n_jobs):
+    for chunk in fragment_chunks(path, chunksize, n_jobs, barcodes=cells if fixed else None):
         validate_fragments(chunk, path, n_read + 1, unit="fragment", check_barcodes=False)
         n_read += len(chunk)
         bc = chunk["barcode"].cat
-        if fixed:
-            row_of_cat = cells.get_indexer(bc.categories.astype(str))
+        if fixed:  # the chunk's categories are the cells themselves
+            rows = bc.codes.astype(np.int64)
         else:
-            cats = bc.categories.astype(str)
-            for c in pd.unique(bc.codes[bc.codes >= 0]):  # new barcodes in order of first appearance
-                seen.setdefault(cats[c], len(seen))
-            row_of_cat = np.fromiter((seen.get(b, -1) for b in cats), np.int64, len(cats))
-        rows = row_of_cat[bc.codes]
+            cats = bc.categories.astype(str).tolist()  # a list: indexing a pandas Index is slow per item
+            present = pd.unique(bc.codes[bc.codes >= 0])  # in order of first appearance: new ones numbered so
+            row_of_cat = np.full(len(cats), -1, np.int64)
+            row_of_cat[present] = [seen.setdefault(cats[c], len(seen)) for c in present.tolist()]
+            rows = np.where(bc.codes >= 0, row_of_cat[bc.codes], -1)
         keep = rows >= 0
         n_rows = len(cells) if fixed else len(seen)
         if totals.size < n_rows:
