@@ -117,12 +117,27 @@ def test_header_lines_are_skipped():
         "chr1\t10\t20\tAAA\t1\nchr1\t30\t40\tCCC\n",  # ragged columns
         "chr1\t+10\t20\tAAA\t1\n",  # a sign
         "chr1\t10\t20\tAAA\t1\n\nchr1\t30\t40\tCCC\t1\n",  # an empty line
+        "chr1\t10\t20\tAA#A\t1\nchr1\t30\t40\tCCC\t1\n",  # pandas cuts a line at '#' anywhere
+        "chr1\t10\t20\tAAA\t1#x\nchr1\t30\t40\tCCC\t1\n",
+        'chr1\t10\t20\t"AAA"\t1\nchr1\t30\t40\tCCC\t1\n',  # pandas strips quotes
+        "\ufeffchr1\t10\t20\tAAA\t1\n",  # a byte-order mark, which pandas drops
+        "".join(f"c{i}\t10\t20\tAAA\t1\n" for i in range(1100)),  # more contigs in one block than the kernel lists
     ],
 )
 def test_irregular_blocks_go_to_pandas(text):
     block = text.encode()
     assert _tokenize(block) is None
     _same(parse_block(block), _read_csv_block(block))
+
+
+def test_na_like_barcodes_are_barcodes_in_both_parsers():
+    # pandas would read "NA"/"null" as missing by default; both parsers keep them, only an empty field is missing
+    block = b"chr1\t10\t20\tNA\t1\nchr1\t30\t40\tnull\t1\n"
+    fast = _tokenize(block)
+    assert fast is not None
+    assert list(fast["barcode"].astype(str)) == ["NA", "null"]
+    _same(fast, _read_csv_block(block))
+    assert _read_csv_block(b"chr1\t10\t20\t\t1\n")["barcode"].isna().all()
 
 
 def test_negative_and_non_numeric_coordinates_still_get_clear_errors(tmp_path):

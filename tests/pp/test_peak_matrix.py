@@ -157,3 +157,20 @@ def test_bad_input_is_refused(tmp_path):
         ct.pp.peak_matrix(ad.AnnData(obs=pd.DataFrame(index=["a"])), peaks)
     with pytest.raises(ValueError, match="duplicated names"):
         ct.pp.peak_table(["chr1:1-10", "chr1:1-10"])
+
+
+def test_fragments_without_a_barcode_count_for_no_cell(tmp_path):
+    # an empty barcode field is missing in both parsers: not a cell named "nan", and no crash when no
+    # fragment of a block has a barcode (the second file)
+    peaks = pd.DataFrame({"chrom": ["chr1"], "start": [0], "end": [100]})
+    path = tmp_path / "f.tsv"
+    path.write_text("chr1\t1\t20\tAC\t1\nchr1\t5\t30\t\t1\n# a comment sends this block to pandas\n")
+    fixed = ct.pp.peak_matrix(path, peaks, barcodes=["AC", "nan"])
+    np.testing.assert_array_equal(fixed.X.toarray().ravel(), [1, 0])
+    found = ct.pp.peak_matrix(path, peaks)
+    assert list(found.obs_names) == ["AC"]
+    none = tmp_path / "none.tsv"
+    none.write_text("chr1\t1\t20\t\t1\nchr1\t5\t30\t\t1\n")
+    empty = ct.pp.peak_matrix(none, peaks)
+    assert empty.n_obs == 0
+    assert empty.uns["peak_matrix"]["n_fragments_read"] == 2

@@ -14,9 +14,10 @@ with the same number of columns) are tokenized by one numba-compiled pass over t
 releases the GIL, so blocks are parsed in parallel threads: integers from their digits,
 chromosomes and barcodes coded by byte-for-byte comparison through a hash table. When the cells to
 count are known, barcodes are looked up among them directly (codes are the cells' positions, -1 for
-other barcodes) and no per-block names are built. Anything else (comment lines inside the file,
-carriage returns, signs, ragged rows) goes through pandas' C parser, which also words the errors.
-Both give the same table; the tests compare them. The kernel is compiled on the first call after
+other barcodes) and no per-block names are built. Anything else (a ``#`` or ``"`` anywhere in a line, which
+pandas reads as a comment or a quote, carriage returns, signs, ragged rows, a byte-order mark) goes through
+pandas' C parser, which also words the errors; there only an empty field is missing (a barcode ``NA`` is a
+barcode). Both give the same table; the tests compare them. The kernel is compiled on the first call after
 installation and cached on disk (``numba``'s ``cache=True``); later processes load it.
 """
 
@@ -29,9 +30,9 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numba
 import numpy as np
 import pandas as pd
-from numba import njit
 
 from chromtools._utils import GZIP_DAMAGE_ERRORS, open_maybe_gzip
 
@@ -40,6 +41,17 @@ BLOCK_BYTES = 4 << 20
 #: Longest integer field the tokenizer reads (int64 holds 18 decimal digits).
 _MAX_DIGITS = 18
 _NEWLINE, _HASH = 10, 35
+_UTF8_BOM = b"\xef\xbb\xbf"
+#: More distinct chromosome names than this in one block (an unsorted file of many contigs) -> pandas.
+_MAX_CHROMS_PER_BLOCK = 1024
+
+
+def _compiled(fn):
+    """``numba.njit(nogil=True)``, cached on disk where numba finds a writable place for its cache."""
+    try:
+        return numba.njit(nogil=True, cache=True)(fn)
+    except RuntimeError:  # "no locator available": a read-only installation and no user cache directory
+        return numba.njit(nogil=True)(fn)
 
 
 def _text_blocks(path: Path, block_bytes: int):
@@ -89,7 +101,7 @@ def _prefetch(iterator, depth: int = 2):
 # ----------------------------------------------------------------------------------------------
 # tokenizer: one compiled pass over a block's bytes
 # ----------------------------------------------------------------------------------------------
-@njit(nogil=True, cache=True)
+@_compiled
 def _same_bytes(a, s1, e1, b, s2, e2):  # pragma: no cover - compiled; exercised by the tests
     if e1 - s1 != e2 - s2:
         return False
@@ -99,7 +111,7 @@ def _same_bytes(a, s1, e1, b, s2, e2):  # pragma: no cover - compiled; exercised
     return True
 
 
-@njit(nogil=True, cache=True)
+@_compiled
 def _slot(a, s, e, mask):  # pragma: no cover - compiled
     """Hash-table slot of the bytes ``a[s:e]`` (FNV-1a, upper bits folded in)."""
     h = np.uint64(14695981039346656037)
@@ -109,7 +121,7 @@ def _slot(a, s, e, mask):  # pragma: no cover - compiled
     return np.int64(h & np.uint64(mask))
 
 
-@njit(nogil=True, cache=True)
+@_compiled
 def _barcode_table(names, offsets):  # pragma: no cover - compiled
     """Open-addressing table (slot -> index in ``offsets``) of the known barcodes' bytes."""
     n = offsets.size - 1
@@ -125,16 +137,18 @@ def _barcode_table(names, offsets):  # pragma: no cover - compiled
     return table
 
 
-@njit(nogil=True, cache=True)
+@_compiled
 def _scan(a, names, offsets, table):  # pragma: no cover - compiled
     """Parse ``chrom<TAB>start<TAB>end<TAB>barcode[<TAB>...]`` lines of ``a`` (ending in a newline).
 
     Returns ``n_tabs`` (tabs per line; -1 when the block is not regular and needs pandas), start,
     end, chromosome codes and the (start, end) byte positions of each chromosome's first name,
     barcode codes and, when no known barcodes are given (``table`` empty), the positions of each
-    barcode's first occurrence. With a table, a barcode's code is its index among the known ones
-    (-1 when it is not one of them). Codes are numbered in order of first appearance; strings are
-    compared byte for byte, so codes are exact whatever the hashes do.
+    barcode's first occurrence. Chromosome codes, and barcode codes without a table, are numbered in
+    order of first appearance; with a table, a barcode's code is its index among the known ones (-1
+    when it is not one of them). Strings are compared byte for byte, so codes are exact whatever the
+    hashes do. Bytes that pandas' parser treats specially anywhere in a line (``#`` starts a comment,
+    ``"`` a quoted field), carriage returns and NULs send the block to pandas.
     """
     n = 0
     for x in a:
@@ -168,10 +182,8 @@ def _scan(a, names, offsets, table):  # pragma: no cover - compiled
         # chromosome: compared with the previous line's first (files are sorted), then with the list
         line = pos
         c = a[pos]
-        if c == 35:  # a comment inside the block
-            return fail
         while c != 9:
-            if c == 10 or c == 13 or c == 0:
+            if c == 10 or c == 13 or c == 0 or c == 34 or c == 35:
                 return fail
             pos += 1
             c = a[pos]
@@ -184,6 +196,8 @@ def _scan(a, names, offsets, table):  # pragma: no cover - compiled
                     prev_code = k
                     break
             if prev_code < 0:
+                if n_chrom == _MAX_CHROMS_PER_BLOCK:
+                    return fail
                 if n_chrom == chrom_pos.shape[0]:
                     grown = np.empty((2 * n_chrom, 2), np.int64)
                     grown[:n_chrom] = chrom_pos
@@ -219,7 +233,7 @@ def _scan(a, names, offsets, table):  # pragma: no cover - compiled
         first = pos
         c = a[pos]
         while c != 9 and c != 10:
-            if c == 13 or c == 0:
+            if c == 13 or c == 0 or c == 34 or c == 35:
                 return fail
             pos += 1
             c = a[pos]
@@ -251,7 +265,7 @@ def _scan(a, names, offsets, table):  # pragma: no cover - compiled
         while c != 10:
             if c == 9:
                 tabs += 1
-            elif c == 13 or c == 0:
+            elif c == 13 or c == 0 or c == 34 or c == 35:
                 return fail
             pos += 1
             c = a[pos]
@@ -287,7 +301,7 @@ def _names(block: bytes, positions: np.ndarray) -> pd.Index:
 def _tokenize(block: bytes, known: KnownBarcodes | None = None) -> pd.DataFrame | None:
     """Parse a regular block in one compiled pass; None when the block needs pandas' general parser."""
     a = np.frombuffer(block, np.uint8)
-    if a.size == 0 or a[-1] != _NEWLINE:
+    if a.size == 0 or a[-1] != _NEWLINE or block.startswith(_UTF8_BOM):
         return None
     if a[0] == _HASH:  # header lines at the top of the file
         body = 0
@@ -318,6 +332,8 @@ def _read_csv_block(block: bytes) -> pd.DataFrame:
         sep="\t",
         header=None,
         comment="#",
+        keep_default_na=False,  # only an empty field is missing: a barcode "NA" is a barcode, as in the tokenizer
+        na_values=[""],
         usecols=[0, 1, 2, 3],
         names=["chrom", "start", "end", "barcode"],
         dtype={"chrom": "category", "start": np.int64, "end": np.int64, "barcode": "category"},
@@ -334,8 +350,13 @@ def parse_block(block: bytes, known: KnownBarcodes | None = None) -> pd.DataFram
     if table is not None:
         return table
     table = _read_csv_block(block)
-    if known is not None:
-        table["barcode"] = pd.Categorical(table["barcode"].astype(str), dtype=known.dtype)
+    if known is not None:  # recode onto the cells (missing and unknown barcodes -> -1)
+        cat = table["barcode"].cat
+        position = known.dtype.categories.get_indexer(cat.categories.astype(str))
+        codes = np.full(len(table), -1, np.int64)
+        ok = cat.codes.to_numpy() >= 0
+        codes[ok] = position[cat.codes.to_numpy()[ok]]
+        table["barcode"] = pd.Categorical.from_codes(codes, dtype=known.dtype)
     return table
 
 

@@ -359,13 +359,16 @@ def peak_matrix(
         n_read += len(chunk)
         bc = chunk["barcode"].cat
         if fixed:  # the chunk's categories are the cells themselves
-            rows = bc.codes.astype(np.int64)
+            rows = bc.codes.to_numpy().astype(np.int64)
         else:
             cats = bc.categories.astype(str).tolist()  # a list: indexing a pandas Index is slow per item
-            present = pd.unique(bc.codes[bc.codes >= 0])  # in order of first appearance: new ones numbered so
+            codes = bc.codes.to_numpy()
+            present = pd.unique(codes[codes >= 0])  # in order of first appearance: new ones numbered so
             row_of_cat = np.full(len(cats), -1, np.int64)
             row_of_cat[present] = [seen.setdefault(cats[c], len(seen)) for c in present.tolist()]
-            rows = np.where(bc.codes >= 0, row_of_cat[bc.codes], -1)
+            rows = np.full(len(chunk), -1, np.int64)  # missing barcodes (code -1) count for no cell
+            ok = codes >= 0
+            rows[ok] = row_of_cat[codes[ok]]
         keep = rows >= 0
         n_rows = len(cells) if fixed else len(seen)
         if totals.size < n_rows:
