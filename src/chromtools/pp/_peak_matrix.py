@@ -263,8 +263,8 @@ def peak_matrix(
     lines), and every chunk is answered by one vectorised ``searchsorted`` over all peaks; nested
     or overlapping peaks are handled. The tokenizer is compiled on the first call after
     installation (10-12 s on 2 cores) and loaded from numba's on-disk cache afterwards: on the
-    PBMC test fragments a new process's first call took about 1.5 s (1.2 s before the compiled
-    tokenizer) and later calls 0.12 s.
+    PBMC test fragments a new process's first call took 1.3-1.4 s (1.1-1.2 s with the numpy
+    tokenizer it replaced) and later calls 0.09-0.12 s (0.22-0.28 s).
 
     Counting rules (0-based half-open fragments, as in 10x ``fragments.tsv.gz``):
 
