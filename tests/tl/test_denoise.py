@@ -1,8 +1,5 @@
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pandas as pd
 import pyBigWig
@@ -146,79 +143,49 @@ def test_any_genome_via_its_sizes(tiny_model, tmp_path):
     assert ct.io.read_chrom_sizes(res.track) == {"mmChr7": 70_000}
 
 
-def test_cli_train_and_denoise(tiny_tracks, tmp_path):
-    cli = [sys.executable, "-m", "chromtools._cli", "-q"]
-    train = subprocess.run(
-        [
-            *cli,
-            "train-denoiser",
-            "--noisy",
-            str(tiny_tracks.noisy),
-            "--clean",
-            str(tiny_tracks.clean),
-            "--peaks",
-            str(tiny_tracks.peaks),
-            "--out",
-            str(tmp_path / "model"),
-            "--val-chroms",
-            "chr2",
-            "--holdout-chroms",
-            "chr3",
-            "--window",
-            "16384",
-            "--channels",
-            "8",
-            "--epochs",
-            "1",
-            "--seed",
-            "1",
-            "--accelerator",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
+def test_cli_train_and_denoise(tiny_tracks, tmp_path, capsys):
+    # in this process, through the console script's own entry point (a new process would import scvi-tools
+    # again, 20-30 s each); tests/test_package.py runs `python -m chromtools._cli` itself
+    from chromtools._cli import main
+
+    train_args = [
+        "-q",
+        "train-denoiser",
+        "--noisy",
+        str(tiny_tracks.noisy),
+        "--clean",
+        str(tiny_tracks.clean),
+        "--peaks",
+        str(tiny_tracks.peaks),
+        "--out",
+        str(tmp_path / "model"),
+        "--val-chroms",
+        "chr2",
+        "--holdout-chroms",
+        "chr3",
+        "--window",
+        "16384",
+        "--channels",
+        "8",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--accelerator",
+        "cpu",
+    ]
+    assert main(train_args) == 0
+    assert (tmp_path / "model" / "model.pt").exists() and "saved model" in capsys.readouterr().out
+    den_args = ["-q", "denoise", "--model", str(tmp_path / "model"), "--noisy", str(tiny_tracks.noisy)]
+    assert (
+        main([*den_args, "--out-prefix", str(tmp_path / "out" / "s"), "--chroms", "chr3", "--accelerator", "cpu"]) == 0
     )
-    assert train.returncode == 0, train.stderr
-    assert (tmp_path / "model" / "model.pt").exists() and "saved model" in train.stdout
-    den = subprocess.run(
-        [
-            *cli,
-            "denoise",
-            "--model",
-            str(tmp_path / "model"),
-            "--noisy",
-            str(tiny_tracks.noisy),
-            "--out-prefix",
-            str(tmp_path / "out" / "s"),
-            "--chroms",
-            "chr3",
-            "--accelerator",
-            "cpu",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert den.returncode == 0, den.stderr
     for suffix in ("track.bw", "peakprob.bw", "peaks.narrowPeak"):
         assert (tmp_path / "out" / f"s.{suffix}").exists()
-    bad = subprocess.run(
-        [
-            *cli,
-            "denoise",
-            "--model",
-            str(tmp_path / "model"),
-            "--noisy",
-            str(tiny_tracks.noisy),
-            "--out-prefix",
-            str(tmp_path / "bad"),
-            "--chroms",
-            "chrZ",
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert bad.returncode == 2 and "absent from the chromosome sizes" in bad.stderr and "Traceback" not in bad.stderr
-    miss = subprocess.run(
-        [*cli, "train-denoiser", "--noisy", "a.bw", "--clean", "b.bw", "--out", "m"], capture_output=True, text=True
-    )
-    assert miss.returncode == 2 and "--peaks" in miss.stderr
+    capsys.readouterr()
+    assert main([*den_args, "--out-prefix", str(tmp_path / "bad"), "--chroms", "chrZ"]) == 2
+    err = capsys.readouterr().err
+    assert "absent from the chromosome sizes" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a required option is missing
+        main(["-q", "train-denoiser", "--noisy", "a.bw", "--clean", "b.bw", "--out", "m"])
+    assert exit_info.value.code == 2 and "--peaks" in capsys.readouterr().err
