@@ -106,3 +106,51 @@ def test_box_mean_is_the_centred_moving_average(n, width):
 
     x = np.random.default_rng(n).random(n).astype(np.float32)
     np.testing.assert_allclose(box_mean(x, width), np.convolve(x, np.ones(width) / width, mode="same"), atol=1e-6)
+
+
+def test_cli_train_and_denoise(tiny_tracks, tmp_path, capsys):
+    # in this process, through the console script's own entry point (a new process would import scvi-tools
+    # again, 20-30 s each); test_cli_help_and_version runs `python -m chromtools._cli` itself
+    from chromtools._cli import main
+
+    train_args = [
+        "-q",
+        "train-denoiser",
+        "--noisy",
+        str(tiny_tracks.noisy),
+        "--clean",
+        str(tiny_tracks.clean),
+        "--peaks",
+        str(tiny_tracks.peaks),
+        "--out",
+        str(tmp_path / "model"),
+        "--val-chroms",
+        "chr2",
+        "--holdout-chroms",
+        "chr3",
+        "--window",
+        "16384",
+        "--channels",
+        "8",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--accelerator",
+        "cpu",
+    ]
+    assert main(train_args) == 0
+    assert (tmp_path / "model" / "model.pt").exists() and "saved model" in capsys.readouterr().out
+    den_args = ["-q", "denoise", "--model", str(tmp_path / "model"), "--noisy", str(tiny_tracks.noisy)]
+    assert (
+        main([*den_args, "--out-prefix", str(tmp_path / "out" / "s"), "--chroms", "chr3", "--accelerator", "cpu"]) == 0
+    )
+    for suffix in ("track.bw", "peakprob.bw", "peaks.narrowPeak"):
+        assert (tmp_path / "out" / f"s.{suffix}").exists()
+    capsys.readouterr()
+    assert main([*den_args, "--out-prefix", str(tmp_path / "bad"), "--chroms", "chrZ"]) == 2
+    err = capsys.readouterr().err
+    assert "absent from the chromosome sizes" in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: a required option is missing
+        main(["-q", "train-denoiser", "--noisy", "a.bw", "--clean", "b.bw", "--out", "m"])
+    assert exit_info.value.code == 2 and "--peaks" in capsys.readouterr().err
