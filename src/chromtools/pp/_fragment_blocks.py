@@ -122,12 +122,19 @@ def _slot(a, s, e, mask):  # pragma: no cover - compiled
 
 
 @_compiled
-def _barcode_table(names, offsets):  # pragma: no cover - compiled
-    """Open-addressing table (slot -> index in ``offsets``) of the known barcodes' bytes."""
-    n = offsets.size - 1
+def _table_size(n):  # pragma: no cover - compiled
+    """Slots of an open-addressing table for ``n`` keys: a power of two, at least half of them empty."""
     size = 2
     while size < 2 * n:
         size *= 2
+    return size
+
+
+@_compiled
+def _barcode_table(names, offsets):  # pragma: no cover - compiled
+    """Open-addressing table (slot -> index in ``offsets``) of the known barcodes' bytes."""
+    n = offsets.size - 1
+    size = _table_size(n)
     table = np.full(size, -1, np.int64)
     for i in range(n):
         slot = _slot(names, offsets[i], offsets[i + 1], size - 1)
@@ -166,10 +173,7 @@ def _scan(a, names, offsets, table):  # pragma: no cover - compiled
         seen = table
     else:
         bc_pos = np.empty((n, 2), np.int64)
-        size = 2
-        while size < 2 * n:
-            size *= 2
-        seen = np.full(size, -1, np.int64)
+        seen = np.full(_table_size(n), -1, np.int64)
     mask = seen.size - 1
     n_chrom = 0
     n_bc = 0
@@ -308,10 +312,8 @@ def _tokenize(block: bytes, known: KnownBarcodes | None = None) -> pd.DataFrame 
         while body < a.size and a[body] == _HASH:
             body = block.index(b"\n", body) + 1
         return _tokenize(block[body:], known) if body < a.size else None
-    if known is None:
-        n_tabs, start, end, chrom, chrom_pos, code, bc_pos = _scan(a, _NO_NAMES, _NO_OFFSETS, _NO_TABLE)
-    else:
-        n_tabs, start, end, chrom, chrom_pos, code, bc_pos = _scan(a, known.names, known.offsets, known.table)
+    lookup = (_NO_NAMES, _NO_OFFSETS, _NO_TABLE) if known is None else (known.names, known.offsets, known.table)
+    n_tabs, start, end, chrom, chrom_pos, code, bc_pos = _scan(a, *lookup)
     if n_tabs < 3:
         return None
     try:
@@ -353,9 +355,10 @@ def parse_block(block: bytes, known: KnownBarcodes | None = None) -> pd.DataFram
     if known is not None:  # recode onto the cells (missing and unknown barcodes -> -1)
         cat = table["barcode"].cat
         position = known.dtype.categories.get_indexer(cat.categories.astype(str))
+        found = cat.codes.to_numpy()
         codes = np.full(len(table), -1, np.int64)
-        ok = cat.codes.to_numpy() >= 0
-        codes[ok] = position[cat.codes.to_numpy()[ok]]
+        ok = found >= 0
+        codes[ok] = position[found[ok]]
         table["barcode"] = pd.Categorical.from_codes(codes, dtype=known.dtype)
     return table
 
